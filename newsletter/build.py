@@ -1,0 +1,300 @@
+"""The library API of `newsletter build` and `newsletter check`: the pipeline, end to end.
+
+load -> ingest -> select -> render -> inline -> outbox. Each stage lives in its own module; this
+one only passes results along and gathers warnings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+
+from newsletter import __version__
+from newsletter.config import Config, load_config
+from newsletter.content import ContentSet, Item, load_content
+from newsletter.dates import Period
+from newsletter.errors import NewsletterError, Problem
+from newsletter.feeds import FeedEntry, FeedsResult, ingest_feeds
+from newsletter.inline import inline_css
+from newsletter.outbox import (
+    CLIP_LIMIT_BYTES,
+    FILES,
+    IssueFiles,
+    compose_message,
+    read_manifest,
+    write_issue,
+)
+from newsletter.personal import FIELDS as PERSONAL_FIELDS
+from newsletter.personal import fill
+from newsletter.project import Project
+from newsletter.render import Rendered, localized, make_environment, render_issue
+from newsletter.select import NewsStory, Selection, items_of, select_issue
+from newsletter.state import NewsRecord
+
+
+@dataclass
+class LanguageIssue:
+    """What `build` wrote (or found unchanged) for one language."""
+
+    language: str
+    directory: Path
+    subject: str
+    size_bytes: int
+    section_counts: dict[str, int]
+    warnings: list[Problem]
+    unchanged: bool = False
+
+
+@dataclass
+class BuildResult:
+    period: Period
+    issues: list[LanguageIssue]
+    warnings: list[Problem]
+    """Project-wide warnings (feeds, content); per-language ones are on each issue."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Inputs:
+    """Loaded and ingested inputs: everything select needs."""
+
+    config: Config
+    content: ContentSet
+    feeds: FeedsResult
+
+
+def load_inputs(
+    project: Project, *, offline: bool = False, timings: dict[str, float] | None = None
+) -> Inputs:
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    config = load_config(project.root)
+    content = load_content(
+        project.content_dir, config.newsletter.languages, config.newsletter.default_language
+    )
+    timings["load"] = time.perf_counter() - started
+    started = time.perf_counter()
+    feeds = ingest_feeds(
+        config.feeds,
+        project.root,
+        project.cache_dir,
+        offline=offline,
+        user_agent=f"newsletter/{__version__}",
+    )
+    timings["ingest"] = time.perf_counter() - started
+    return Inputs(config, content, feeds)
+
+
+def build(
+    project: Project,
+    *,
+    period: Period | None = None,
+    languages: Sequence[str] = (),
+    now: datetime | None = None,
+    offline: bool = False,
+    write: bool = True,
+) -> BuildResult:
+    """Build one period's issue in each language into `outbox/<period>/<lang>/`.
+
+    Raises NewsletterError for bad input; problems that do not stop a build are warnings.
+    """
+    timings: dict[str, float] = {}
+    inputs = load_inputs(project, offline=offline, timings=timings)
+    config = inputs.config
+    now = now or datetime.now(config.tz)
+    period = period or Period.of(now.astimezone(config.tz))
+    languages = list(languages) or list(config.newsletter.languages)
+    unknown = [lang for lang in languages if lang not in config.newsletter.languages]
+    if unknown:
+        raise NewsletterError(
+            Problem(
+                f"language {unknown[0]!r} is not in newsletter.languages "
+                f"({', '.join(config.newsletter.languages)})",
+                project.config_path,
+            )
+        )
+
+    started = time.perf_counter()
+    record = NewsRecord(project.state_db)
+    selection = select_issue(
+        config,
+        inputs.content,
+        inputs.feeds.entries,
+        period,
+        now,
+        already_sent=record.sent_before(period),
+    )
+    timings["select"] = time.perf_counter() - started
+
+    project_warnings = [*inputs.content.warnings, *inputs.feeds.warnings, *selection.warnings]
+    env = make_environment(project.template_dirs())
+    locale_dirs = [d / "locales" for d in project.template_dirs()]
+    prepared = []
+    timings["render"] = timings["inline"] = 0.0
+    for language in languages:
+        started = time.perf_counter()
+        rendered = render_issue(config, selection, language, env, locale_dirs)
+        timings["render"] += time.perf_counter() - started
+        directory = project.outbox_dir / str(period) / language
+        warnings = project_warnings + rendered.warnings
+        fingerprint = _fingerprint(rendered, now, warnings)
+        previous = read_manifest(directory)
+        if previous and previous.get("fingerprint") == fingerprint and _complete(directory):
+            prepared.append((rendered, directory, None, previous["size_bytes"]))
+            continue
+        started = time.perf_counter()
+        personal_html = inline_css(rendered.html, str(config.newsletter.website))
+        timings["inline"] += time.perf_counter() - started
+        files = _issue_files(config, selection, rendered, personal_html, now, fingerprint, warnings)
+        prepared.append((rendered, directory, files, files.manifest["size_bytes"]))
+
+    started = time.perf_counter()
+    issues = []
+    for rendered, directory, files, size in prepared:
+        if write and files is not None:
+            write_issue(directory, files)
+        warnings = rendered.warnings + _size_warnings(size)
+        counts = {s.id: len(s.entries) for s in rendered.sections}
+        issues.append(
+            LanguageIssue(
+                rendered.language,
+                directory,
+                rendered.subject,
+                size,
+                counts,
+                warnings,
+                unchanged=files is None,
+            )
+        )
+    if write:
+        record.record(period, selection.news_keys)
+    timings["outbox"] = time.perf_counter() - started
+    return BuildResult(period, issues, project_warnings, timings)
+
+
+def check(project: Project, *, now: datetime | None = None) -> list[Problem]:
+    """Validate config, content and templates without writing; return every problem found."""
+    try:
+        build(project, now=now, offline=True, write=False)
+    except NewsletterError as exc:
+        return exc.problems
+    problems = []
+    env = make_environment(project.template_dirs())
+    for name in env.list_templates(extensions=["html", "txt"]):
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            problems.append(
+                Problem(
+                    f"template syntax error: {exc.message}", exc.filename or name, line=exc.lineno
+                )
+            )
+    return problems
+
+
+def _fingerprint(rendered: Rendered, now: datetime, warnings: list[Problem]) -> str:
+    """What the files depend on: unchanged fingerprint, unchanged files (inlining skipped)."""
+    parts = (
+        rendered.subject,
+        rendered.html,
+        rendered.text,
+        now.isoformat(),
+        __version__,
+        *map(str, warnings),
+    )
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in FILES)
+
+
+def _issue_files(
+    config: Config,
+    selection: Selection,
+    rendered: Rendered,
+    personal_html: str,
+    now: datetime,
+    fingerprint: str,
+    warnings: list[Problem],
+) -> IssueFiles:
+    html = fill(personal_html, rendered.neutral, html_escape=True)
+    text = fill(rendered.text, rendered.neutral, html_escape=False)
+    identity = config.newsletter
+    title = localized(identity.title, rendered.language, identity.default_language)
+    list_id = identity.list_id or f"digest.{config.sender.email.rpartition('@')[2]}"
+    message = compose_message(
+        subject=rendered.subject,
+        sender_name=config.sender.name,
+        sender_email=config.sender.email,
+        reply_to=config.sender.reply_to,
+        list_id=list_id,
+        list_name=title,
+        html=html,
+        text=text,
+        when=now,
+        language=rendered.language,
+    )
+    size = len(html.encode())
+    manifest = {
+        "period": str(selection.period),
+        "language": rendered.language,
+        "subject": rendered.subject,
+        "preheader": rendered.preheader,
+        "generated_for": now.isoformat(),
+        "generator": f"newsletter {__version__}",
+        "size_bytes": size,
+        "size_limit_bytes": CLIP_LIMIT_BYTES,
+        "sections": {s.id: len(s.entries) for s in rendered.sections},
+        "items": [_manifest_item(s, entry) for s, entry in items_of(rendered.sections)],
+        "personal_fields": list(PERSONAL_FIELDS),
+        "warnings": [str(w) for w in warnings + _size_warnings(size)],
+        "fingerprint": fingerprint,
+        "message_id_note": "message.eml's Message-ID is derived from its content; "
+        "send gives each recipient a new one",
+    }
+    return IssueFiles(html, text, message, manifest, personal_html, rendered.text)
+
+
+def _manifest_item(section: str, entry: Item | FeedEntry | NewsStory) -> dict[str, str | None]:
+    if isinstance(entry, Item):
+        return {
+            "id": entry.id,
+            "kind": entry.kind,
+            "title": entry.title,
+            "section": section,
+            "link": entry.url,
+        }
+    if isinstance(entry, NewsStory):
+        return {
+            "id": entry.key,
+            "kind": "feed_entry",
+            "title": entry.title,
+            "section": section,
+            "link": entry.link,
+            "source": entry.source,
+        }
+    return {
+        "id": entry.key,
+        "kind": "feed_entry",
+        "title": entry.title,
+        "section": section,
+        "link": entry.link,
+    }
+
+
+def _size_warnings(size: int) -> list[Problem]:
+    if size > CLIP_LIMIT_BYTES:
+        return [
+            Problem(
+                f"HTML is {size / 1024:.1f} KB, over Gmail's 102 KB clipping limit; "
+                "lower the section limits"
+            )
+        ]
+    return []

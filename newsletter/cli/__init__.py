@@ -1,0 +1,106 @@
+"""The `newsletter` command: options in, library calls, results and exit codes out. No logic.
+
+The group and its plumbing live here; each module of this package adds the commands of one
+stage of the pipeline (`COMMANDS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from newsletter import __version__
+from newsletter.config import load_config
+from newsletter.dates import Period, parse_now
+from newsletter.errors import NewsletterError
+from newsletter.project import Project
+
+
+class Context:
+    def __init__(self, project: Project, verbose: bool):
+        self.project = project
+        self.verbose = verbose
+
+    def now(self, text: str | None) -> datetime:
+        return parse_now(text, load_config(self.project.root).tz)
+
+
+def period_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Period | None:
+    if value is None:
+        return None
+    try:
+        return Period.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+class Group(click.Group):
+    """Turns NewsletterError into one line per problem on stderr and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            verbose = bool(ctx.obj and ctx.obj.verbose)
+            if verbose:
+                raise
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} (run with -v for details)", err=True
+            )
+            sys.exit(1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    envvar="NEWSLETTER_PROJECT",
+    help="The newsletter project directory.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show detail, and tracebacks of crashes.")
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, project_dir: Path, verbose: bool) -> None:
+    """Build, preview and send an email newsletter from Markdown content and news feeds."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Context(Project.at(project_dir), verbose)
+
+
+NOW_HELP = "Fix the clock (ISO date or date-time; project time zone if no offset)."
+
+
+def main() -> None:
+    cli(prog_name="newsletter")
+
+
+def _register() -> None:
+    from newsletter.cli import build
+
+    for module in (build,):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+__all__ = ["NOW_HELP", "Context", "cli", "main", "period_option"]
