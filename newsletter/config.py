@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale, UnknownLocaleError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,7 +46,22 @@ class Identity(_Strict):
     list_id: str = Field(default="", description="RFC 2919 List-Id, e.g. digest.example.org")
     languages: list[LanguageCode] = ["en"]
     default_language: LanguageCode = "en"
+    locales: dict[LanguageCode, str] = {}
+    """Babel locale that formats dates and money per language, e.g. `en = "en_GB"`."""
     timezone: str = "Europe/Brussels"
+
+    @field_validator("locales")
+    @classmethod
+    def _known_locales(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            try:
+                Locale.parse(name)
+            except (UnknownLocaleError, ValueError):
+                raise ValueError(f"unknown locale {name!r}") from None
+        return value
+
+    def locale(self, language: str) -> str:
+        return self.locales.get(language, language)
 
     @field_validator("timezone")
     @classmethod
@@ -153,7 +170,10 @@ def load_config(root: Path) -> Config:
             Problem(f"no {CONFIG_NAME} here; is this a newsletter project? (use -C DIR)", path)
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise NewsletterError(Problem(f"not valid TOML: {exc}", path)) from None
+        where = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        reason = str(exc)[: where.start()].strip() if where else str(exc)
+        line = int(where.group(1)) if where else None
+        raise NewsletterError(Problem(f"not valid TOML: {reason}", path, line=line)) from None
     except UnicodeDecodeError:
         raise NewsletterError(Problem("not UTF-8 text", path)) from None
     try:

@@ -280,7 +280,7 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
     try:
         post = frontmatter.loads(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        mark = exc.context_mark or exc.problem_mark  # where the broken construct starts
         line = mark.line + 2 if mark else None  # +1 for 1-based, +1 for the opening ---
         reason = exc.problem or str(exc)
         raise NewsletterError(

@@ -6,6 +6,7 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import total_ordering
 from zoneinfo import ZoneInfo
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
@@ -15,7 +16,8 @@ _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@dataclass(frozen=True)
 class PartialDate:
     """A date known to the year, month or day, as milestones often are (`2011`, `2020-05`)."""
 
@@ -43,6 +45,16 @@ class PartialDate:
     @property
     def first_day(self) -> date:
         return date(self.year, self.month or 1, self.day or 1)
+
+    def __lt__(self, other: object) -> bool:
+        """A less precise date sorts before the more precise dates it contains."""
+        if not isinstance(other, PartialDate):
+            return NotImplemented
+        return (self.year, self.month or 0, self.day or 0) < (
+            other.year,
+            other.month or 0,
+            other.day or 0,
+        )
 
     def __str__(self) -> str:
         if self.month is None:

@@ -81,7 +81,8 @@ def render_issue(
         for s in selection.sections
     ]
     _ = translator.gettext
-    period_label = format_day(selection.period, language)
+    locale = config.newsletter.locale(language)
+    period_label = format_day(selection.period, locale)
     title = localized(config.newsletter.title, language, config.newsletter.default_language)
     subject = _("%(title)s — %(period)s", title=title, period=period_label)
     context = {
@@ -107,9 +108,9 @@ def render_issue(
     env.install_gettext_callables(translator.gettext, translator.ngettext, newstyle=True)
     env.filters.update(
         {
-            "day": lambda v, style="long": format_day(v, language, style),
-            "clock": lambda v: format_time(v, language),
-            "money": lambda v: format_money(v, language),
+            "day": lambda v, style="long": format_day(v, locale, style),
+            "clock": lambda v: format_time(v, locale),
+            "money": lambda v: format_money(v, locale),
         }
     )
     html = _render(env, HTML_TEMPLATE, context)
@@ -158,7 +159,7 @@ def localized(value: str | dict[str, str], language: str, default_language: str)
 
 def preheader(sections: list[ViewSection], translator: Translator) -> str:
     """The inbox preview line: what is inside, most urgent first."""
-    counts = {s.id: s.total for s in sections}
+    counts = {s.id: len(s.entries) for s in sections}
     parts = []
     calls = next((s for s in sections if s.id == "calls"), None)
     if calls:
