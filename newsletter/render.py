@@ -58,7 +58,24 @@ def make_environment(template_dirs: list[Path]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters.update({"day": _day, "clock": _clock, "money": _money})
     return env
+
+
+@jinja2.pass_context
+def _day(context: jinja2.runtime.Context, value: Any, style: str = "long") -> str:
+    """`{{ call.opens | day }}`: a date, partial date or date-time in the issue's locale."""
+    return format_day(value, context["locale"], style)
+
+
+@jinja2.pass_context
+def _clock(context: jinja2.runtime.Context, value: Any) -> str:
+    return format_time(value, context["locale"])
+
+
+@jinja2.pass_context
+def _money(context: jinja2.runtime.Context, value: float) -> str:
+    return format_money(value, context["locale"])
 
 
 def render_issue(
@@ -96,6 +113,7 @@ def render_issue(
         ),
         "reason": localized(config.footer.reason, language, config.newsletter.default_language),
         "lang": language,
+        "locale": locale,
         "period": selection.period,
         "period_label": period_label,
         "now": selection.now,
@@ -106,13 +124,6 @@ def render_issue(
         "personal": personal.marker,
     }
     env.install_gettext_callables(translator.gettext, translator.ngettext, newstyle=True)
-    env.filters.update(
-        {
-            "day": lambda v, style="long": format_day(v, locale, style),
-            "clock": lambda v: format_time(v, locale),
-            "money": lambda v: format_money(v, locale),
-        }
-    )
     html = _render(env, HTML_TEMPLATE, context)
     text = _render(env, TEXT_TEMPLATE, context)
     reported = set(translator.missing)
