@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import jinja2
@@ -33,8 +33,14 @@ from newsletter.outbox import (
 from newsletter.personal import FIELDS as PERSONAL_FIELDS
 from newsletter.personal import fill
 from newsletter.project import Project
-from newsletter.render import Rendered, localized, make_environment, render_issue
-from newsletter.select import NewsStory, Selection, items_of, select_issue
+from newsletter.render import (
+    Rendered,
+    localized,
+    make_environment,
+    render_alert,
+    render_issue,
+)
+from newsletter.select import NewsStory, calls_as_of, items_of, select_issue
 from newsletter.state import NewsRecord
 
 
@@ -135,13 +141,96 @@ def build(
     project_warnings = [*inputs.content.warnings, *inputs.feeds.warnings, *selection.warnings]
     env = make_environment(project.template_dirs())
     locale_dirs = [d / "locales" for d in project.template_dirs()]
+    started = time.perf_counter()
+    renders = [render_issue(config, selection, lang, env, locale_dirs) for lang in languages]
+    timings["render"] = time.perf_counter() - started
+    issues = publish(
+        project, config, renders, str(period), now, project_warnings, write=write, timings=timings
+    )
+    started = time.perf_counter()
+    if write:
+        record.record(period, selection.news_keys)
+    timings["outbox"] = time.perf_counter() - started
+    return BuildResult(period, issues, project_warnings, timings)
+
+
+def build_alert(
+    project: Project,
+    *,
+    call_ids: Sequence[str],
+    lead_days: int,
+    day: date,
+    now: datetime,
+    write: bool = True,
+) -> tuple[str, list[LanguageIssue]] | None:
+    """Build a deadline alert listing the given calls, in every language, into
+    `outbox/alert-<day>-<lead>d/<lang>/`. None when every call has closed in the meantime."""
+    config = load_config(project.root)
+    content = load_content(
+        project.content_dir, config.newsletter.languages, config.newsletter.default_language
+    )
+    wanted = [call for call in content.calls if call.id in set(call_ids)]
+    rules = config.selection
+    listings = [
+        listing
+        for listing in calls_as_of(
+            wanted, now, rules.calls_opening_within_days, rules.closing_soon_days
+        )
+        if listing.status == "open"
+    ]
+    if not listings:
+        return None
+    issue_id = f"alert-{day}-{lead_days}d"
+    env = make_environment(project.template_dirs())
+    locale_dirs = [d / "locales" for d in project.template_dirs()]
+    renders = [
+        render_alert(
+            config,
+            listings,
+            lead_days=lead_days,
+            issue_id=issue_id,
+            day=day,
+            now=now,
+            language=language,
+            env=env,
+            locale_dirs=locale_dirs,
+        )
+        for language in config.newsletter.languages
+    ]
+    issues = publish(
+        project,
+        config,
+        renders,
+        issue_id,
+        now,
+        list(content.warnings),
+        write=write,
+        edition="alert",
+    )
+    return issue_id, issues
+
+
+def publish(
+    project: Project,
+    config: Config,
+    renders: list[Rendered],
+    issue_id: str,
+    now: datetime,
+    project_warnings: list[Problem],
+    *,
+    write: bool = True,
+    timings: dict[str, float] | None = None,
+    edition: str = "digest",
+) -> list[LanguageIssue]:
+    """Inline, compose and write each language's render to `outbox/<issue_id>/<lang>/`.
+
+    An issue whose fingerprint matches the manifest on disk is left as it is (no inlining).
+    """
+    timings = {} if timings is None else timings
+    timings["inline"] = 0.0
     prepared = []
-    timings["render"] = timings["inline"] = 0.0
-    for language in languages:
-        started = time.perf_counter()
-        rendered = render_issue(config, selection, language, env, locale_dirs)
-        timings["render"] += time.perf_counter() - started
-        directory = project.outbox_dir / str(period) / language
+    for rendered in renders:
+        directory = project.outbox_dir / issue_id / rendered.language
         warnings = project_warnings + rendered.warnings
         fingerprint = _fingerprint(rendered, now, warnings)
         previous = read_manifest(directory)
@@ -151,15 +240,14 @@ def build(
         started = time.perf_counter()
         personal_html = inline_css(rendered.html, str(config.newsletter.website))
         timings["inline"] += time.perf_counter() - started
-        files = _issue_files(config, selection, rendered, personal_html, now, fingerprint, warnings)
+        files = _issue_files(
+            config, issue_id, edition, rendered, personal_html, now, fingerprint, warnings
+        )
         prepared.append((rendered, directory, files, files.manifest["size_bytes"]))
-
-    started = time.perf_counter()
     issues = []
     for rendered, directory, files, size in prepared:
         if write and files is not None:
             write_issue(directory, files)
-        warnings = rendered.warnings + _size_warnings(size)
         counts = {s.id: len(s.entries) for s in rendered.sections}
         issues.append(
             LanguageIssue(
@@ -168,14 +256,11 @@ def build(
                 rendered.subject,
                 size,
                 counts,
-                warnings,
+                rendered.warnings + _size_warnings(size),
                 unchanged=files is None,
             )
         )
-    if write:
-        record.record(period, selection.news_keys)
-    timings["outbox"] = time.perf_counter() - started
-    return BuildResult(period, issues, project_warnings, timings)
+    return issues
 
 
 def check(project: Project, *, now: datetime | None = None) -> list[Problem]:
@@ -217,7 +302,8 @@ def _complete(directory: Path) -> bool:
 
 def _issue_files(
     config: Config,
-    selection: Selection,
+    issue_id: str,
+    edition: str,
     rendered: Rendered,
     personal_html: str,
     now: datetime,
@@ -243,7 +329,8 @@ def _issue_files(
     )
     size = len(html.encode())
     manifest = {
-        "period": str(selection.period),
+        "period": issue_id,
+        "edition": edition,
         "language": rendered.language,
         "subject": rendered.subject,
         "preheader": rendered.preheader,

@@ -242,7 +242,7 @@ def load_content(content_dir: Path, languages: list[str], default_language: str)
         for item_id, path in originals.items():
             try:
                 items.append(
-                    _load_item(
+                    _cached_item(
                         model, item_id, path, default_language, translations.pop(item_id, {})
                     )
                 )
@@ -278,7 +278,7 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
             Problem("missing YAML front matter (start the file with ---)", path, line=1)
         )
     try:
-        post = frontmatter.loads(text)
+        post = frontmatter.loads(text, handler=_YAML)
     except yaml.MarkedYAMLError as exc:
         mark = exc.context_mark or exc.problem_mark  # where the broken construct starts
         line = mark.line + 2 if mark else None  # +1 for 1-based, +1 for the opening ---
@@ -291,6 +291,16 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
     if not isinstance(post.metadata, dict):
         raise NewsletterError(Problem("front matter must be a mapping of fields", path, line=2))
     return dict(post.metadata), post.content, text
+
+
+class _FastYAML(frontmatter.YAMLHandler):
+    """Front matter through libyaml when present: several times faster than pure Python."""
+
+    def load(self, fm: str, **kwargs: object) -> Any:
+        return yaml.load(fm, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+_YAML = _FastYAML()
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -317,6 +327,33 @@ def _validate(model: type[Item], data: dict[str, Any], path: Path, text: str) ->
                 )
             )
         raise NewsletterError(located) from None
+
+
+def _cached_item(
+    model: type[Item], item_id: str, path: Path, language: str, translation_paths: dict[str, Path]
+) -> Item:
+    key = (
+        model,
+        language,
+        _stat_key(path),
+        *(_stat_key(p) for _lang, p in sorted(translation_paths.items())),
+    )
+    item = _parsed.get(key)
+    if item is None:
+        if len(_parsed) > 20_000:
+            _parsed.clear()
+        item = _parsed[key] = _load_item(model, item_id, path, language, translation_paths)
+    return item
+
+
+_parsed: dict[tuple[Any, ...], Item] = {}
+"""Items already parsed in this process, by file identity: a long-running watcher or preview
+re-reads only the files that changed."""
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 def _load_item(

@@ -18,6 +18,7 @@ from babel.dates import format_date, format_datetime, format_skeleton
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po
 from babel.numbers import format_compact_currency
+from jinja2 import Environment
 
 from newsletter.dates import PartialDate, Period
 
@@ -42,6 +43,14 @@ class Translator:
     def ngettext(self, singular: str, plural: str, n: int, **variables: object) -> str:
         text = self._lookup(singular, plural, n)
         return text % {"num": n, **variables}
+
+    def install(self, env: Environment) -> None:
+        """Give templates `_()` and `ngettext()`; Jinja's new-style gettext fills variables."""
+        env.install_gettext_callables(
+            lambda message: self._lookup(message, None, 1),
+            lambda singular, plural, n: self._lookup(singular, plural, n),
+            newstyle=True,
+        )
 
     def _lookup(self, singular: str, plural: str | None, n: int) -> str:
         fallback = singular if plural is None or n == 1 else plural

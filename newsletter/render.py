@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import traceback
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from newsletter.select import Anniversary, CallListing, NewsStory, Selection
 
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
+ALERT_HTML_TEMPLATE = "alert.html"
+ALERT_TEXT_TEMPLATE = "alert.txt"
 LANGUAGE_NAMES = {"en": "English", "ja": "Japanese"}
 
 
@@ -97,46 +100,108 @@ def render_issue(
         )
         for s in selection.sections
     ]
-    _ = translator.gettext
     locale = config.newsletter.locale(language)
-    period_label = format_day(selection.period, locale)
+    label = format_day(selection.period, locale)
     title = localized(config.newsletter.title, language, config.newsletter.default_language)
-    subject = _("%(title)s — %(period)s", title=title, period=period_label)
+    subject = translator.gettext("%(title)s — %(period)s", title=title, period=label)
+    return _render_edition(
+        config,
+        translator,
+        env,
+        sections,
+        warnings,
+        issue_id=str(selection.period),
+        label=label,
+        subject=subject,
+        now=selection.now,
+        templates=(HTML_TEMPLATE, TEXT_TEMPLATE),
+        extra={"period": selection.period},
+    )
+
+
+def render_alert(
+    config: Config,
+    listings: list[CallListing],
+    *,
+    lead_days: int,
+    issue_id: str,
+    day: date,
+    now: datetime,
+    language: str,
+    env: jinja2.Environment,
+    locale_dirs: list[Path],
+) -> Rendered:
+    """A short deadline-alert edition: the calls whose deadline is `lead_days` away."""
+    translator = load_translator(language, config.newsletter.default_language, locale_dirs)
+    warnings: list[Problem] = []
+    calls = [_localize(listing, language, warnings) for listing in listings]
+    sections = [ViewSection("calls", section_title(config, "calls", translator), calls, len(calls))]
+    locale = config.newsletter.locale(language)
+    title = localized(config.newsletter.title, language, config.newsletter.default_language)
+    subject = translator.gettext("Deadline alert: %(title)s", title=calls[0].call.title)
+    if len(calls) > 1:
+        subject += f" (+{len(calls) - 1})"
+    return _render_edition(
+        config,
+        translator,
+        env,
+        sections,
+        warnings,
+        issue_id=issue_id,
+        label=f"{translator.gettext('Deadline alert')} · {format_day(day, locale)}",
+        subject=subject,
+        now=now,
+        templates=(ALERT_HTML_TEMPLATE, ALERT_TEXT_TEMPLATE),
+        extra={"period": issue_id, "lead_days": lead_days, "newsletter_title": title},
+    )
+
+
+def _render_edition(
+    config: Config,
+    translator: Translator,
+    env: jinja2.Environment,
+    sections: list[ViewSection],
+    warnings: list[Problem],
+    *,
+    issue_id: str,
+    label: str,
+    subject: str,
+    now: datetime,
+    templates: tuple[str, str],
+    extra: dict[str, Any],
+) -> Rendered:
+    language = translator.language
+    default = config.newsletter.default_language
     context = {
         "config": config,
         "newsletter": config.newsletter,
         "sender": config.sender,
         "footer": config.footer,
-        "title": title,
-        "tagline": localized(
-            config.newsletter.tagline, language, config.newsletter.default_language
-        ),
-        "reason": localized(config.footer.reason, language, config.newsletter.default_language),
+        "title": localized(config.newsletter.title, language, default),
+        "tagline": localized(config.newsletter.tagline, language, default),
+        "reason": localized(config.footer.reason, language, default),
         "lang": language,
-        "locale": locale,
-        "period": selection.period,
-        "period_label": period_label,
-        "now": selection.now,
+        "locale": config.newsletter.locale(language),
+        "period_label": label,
+        "now": now,
         "subject": subject,
         "preheader": preheader(sections, translator),
         "sections": sections,
         "generator": f"newsletter {__version__}",
         "personal": personal.marker,
+        **extra,
     }
-    env.install_gettext_callables(translator.gettext, translator.ngettext, newstyle=True)
-    html = _render(env, HTML_TEMPLATE, context)
-    text = _render(env, TEXT_TEMPLATE, context)
-    reported = set(translator.missing)
-    for message in sorted(reported):
-        warnings.append(Problem(f"no {language!r} translation for theme text {message!r}"))
+    translator.install(env)
+    html = _render(env, templates[0], context)
+    text = _render(env, templates[1], context)
     neutral = personal.neutral_values(
         website=str(config.newsletter.website),
         archive_url=str(config.newsletter.archive_url) if config.newsletter.archive_url else None,
-        period=str(selection.period),
+        period=issue_id,
         language=language,
         gettext=translator.gettext,
     )
-    for message in sorted(translator.missing - reported):
+    for message in sorted(translator.missing):
         warnings.append(Problem(f"no {language!r} translation for theme text {message!r}"))
     return Rendered(
         language, subject, context["preheader"], html, text, sections, neutral, warnings
@@ -144,7 +209,7 @@ def render_issue(
 
 
 def section_title(config: Config, section_id: str, translator: Translator) -> str:
-    configured = next(s.title for s in config.sections if s.id == section_id)
+    configured = next((s.title for s in config.sections if s.id == section_id), None)
     if configured:
         return localized(configured, translator.language, config.newsletter.default_language)
     return translator.gettext(DEFAULT_TITLES[section_id])
