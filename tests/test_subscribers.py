@@ -1,0 +1,286 @@
+"""The mailing list: validation, CSV import in its real-world shapes, status rules, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from smtpserver import built_project
+
+from newsletter.cli import cli
+from newsletter.errors import NewsletterError
+from newsletter.project import Project
+from newsletter.subscribers import (
+    InvalidAddress,
+    MailingList,
+    effective_language,
+    normalise_email,
+)
+
+
+@pytest.fixture
+def mailing_list(tmp_path: Path):
+    with MailingList(tmp_path / ".newsletter" / "mailing.sqlite3") as the_list:
+        yield the_list
+
+
+def _write(path: Path, text: str, *, encoding: str = "utf-8", newline: str = "\n") -> Path:
+    path.write_bytes(text.replace("\n", newline).encode(encoding))
+    return path
+
+
+# addresses
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("jane@example.org", "jane@example.org"),
+        ("  Jane.Doe@EXAMPLE.Org ", "Jane.Doe@example.org"),
+        ("taro@例え.jp", "taro@xn--r8jz45g.jp"),
+    ],
+)
+def test_addresses_are_normalised(given: str, stored: str) -> None:
+    assert normalise_email(given) == stored
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "jane",
+        "jane@",
+        "@example.org",
+        "a@b",
+        "two@@example.org",
+        "a b@example.org",
+        "jane@example.org\r\nBcc: x@y.org",
+        "名前@example.jp",
+    ],
+)
+def test_bad_addresses_are_refused_with_a_reason(bad: str) -> None:
+    with pytest.raises(InvalidAddress) as caught:
+        normalise_email(bad)
+    assert str(caught.value)
+
+
+def test_effective_language_falls_back_to_primary_subtag_then_default() -> None:
+    assert effective_language("ja", ["en", "ja"], "en") == "ja"
+    assert effective_language("ja-JP", ["en", "ja"], "en") == "ja"
+    assert effective_language("", ["en", "ja"], "en") == "en"
+    assert effective_language("fr", ["en", "ja"], "en") == "en"
+
+
+# import
+
+
+def test_import_handles_bom_semicolons_quotes_and_windows_line_ends(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "\ufeffEmail;Name;Language;Organisation\n"
+        'jane@example.org;"Doe; Jane";en;"ACME ""Labs"""\n'
+        'taro@example.jp;"佐藤\n太郎";ja;JST\n'
+        "\n"
+        "plain@example.org;;;\n",
+        newline="\r\n",
+    )
+    report = mailing_list.import_csv(path)
+    assert (report.added, report.problems) == (3, [])
+    jane = mailing_list.get("jane@example.org")
+    assert jane is not None
+    assert (jane.name, jane.language, jane.status) == ("Doe; Jane", "en", "subscribed")
+    assert jane.attributes == {"Organisation": 'ACME "Labs"'}
+    taro = mailing_list.get("taro@example.jp")
+    assert taro is not None and taro.name == "佐藤 太郎"
+    plain = mailing_list.get("plain@example.org")
+    assert plain is not None and (plain.name, plain.language, plain.attributes) == ("", "", {})
+
+
+def test_bad_rows_are_reported_with_line_and_reason_and_the_rest_imported(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "email,name,language\n"
+        "good@example.org,Good,en\n"
+        "not-an-address,Bad,en\n"
+        ",No address,en\n"
+        "odd@example.org,Odd,english!\n"
+        '"multi@example.org","Multi\nLine",en\n'
+        "extra@example.org,Extra,en,surplus\n"
+        "last@example.org,Last,ja\n",
+    )
+    report = mailing_list.import_csv(path)
+    assert report.added == 3
+    problems = {p.line: p.message for p in report.problems}
+    assert sorted(problems) == [3, 4, 5, 8]
+    assert "not-an-address" in problems[3]
+    assert "no email address" in problems[4]
+    assert "language" in problems[5]
+    assert "fields" in problems[8]
+    assert all(str(p).startswith(f"{path}:") for p in report.problems)
+
+
+def test_duplicates_are_merged_and_a_second_import_changes_nothing(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "email,name,language\n"
+        "jane@example.org,,en\n"
+        "JANE@Example.ORG,Jane Doe,\n"
+        "john@example.org,John,en\n",
+    )
+    first = mailing_list.import_csv(path)
+    assert (first.added, first.merged) == (2, 1)
+    jane = mailing_list.get("jane@example.org")
+    assert jane is not None and (jane.email, jane.name, jane.language) == (
+        "jane@example.org",
+        "Jane Doe",
+        "en",
+    )
+    before = list(mailing_list.subscribers())
+    second = mailing_list.import_csv(path)
+    assert (second.added, second.updated, second.unchanged) == (0, 0, 2)
+    assert list(mailing_list.subscribers()) == before
+
+
+def test_unsubscribed_addresses_stay_unsubscribed_when_reimported(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    path = _write(tmp_path / "list.csv", "email,name\njane@example.org,Jane\n")
+    mailing_list.import_csv(path)
+    mailing_list.remove("jane@example.org")
+    report = mailing_list.import_csv(path)
+    assert report.kept_unsubscribed == 1
+    jane = mailing_list.get("jane@example.org")
+    assert jane is not None and jane.status == "unsubscribed"
+
+
+def test_a_status_column_can_only_suppress(tmp_path: Path, mailing_list: MailingList) -> None:
+    mailing_list.add("was-subscribed@example.org")
+    mailing_list.add("gone@example.org")
+    mailing_list.remove("gone@example.org")
+    path = _write(
+        tmp_path / "list.csv",
+        "email,status,status_reason\n"
+        "new-unsub@example.org,unsubscribed,asked by phone\n"
+        "was-subscribed@example.org,bounced,mailbox full\n"
+        "gone@example.org,subscribed,\n",
+    )
+    report = mailing_list.import_csv(path)
+    assert report.problems == []
+    statuses = {s.email: (s.status, s.status_reason) for s in mailing_list.subscribers()}
+    assert statuses == {
+        "was-subscribed@example.org": ("bounced", "mailbox full"),
+        "gone@example.org": ("unsubscribed", "removed by the operator"),
+        "new-unsub@example.org": ("unsubscribed", "asked by phone"),
+    }
+
+
+def test_files_that_are_not_utf8_or_have_no_email_column_are_refused(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    latin = _write(tmp_path / "latin.csv", "email,name\nz@example.org,Zoë\n", encoding="latin-1")
+    with pytest.raises(NewsletterError, match="UTF-8"):
+        mailing_list.import_csv(latin)
+    headerless = _write(tmp_path / "none.csv", "address,name\nz@example.org,Z\n")
+    with pytest.raises(NewsletterError, match="no `email` column"):
+        mailing_list.import_csv(headerless)
+
+
+# single changes
+
+
+def test_add_update_remove_and_resubscribe(mailing_list: MailingList) -> None:
+    subscriber, outcome = mailing_list.add("jane@example.org", name="Jane", language="ja")
+    assert outcome == "added" and subscriber.language == "ja"
+    _, outcome = mailing_list.add("jane@example.org", name="Jane Doe")
+    assert outcome == "updated"
+    _, outcome = mailing_list.add("JANE@example.org")
+    assert outcome == "unchanged"
+    removed = mailing_list.remove("jane@example.org")
+    assert removed.status == "unsubscribed" and removed.status_changed
+    with pytest.raises(NewsletterError, match="--resubscribe"):
+        mailing_list.add("jane@example.org")
+    again, outcome = mailing_list.add("jane@example.org", resubscribe=True)
+    assert (outcome, again.status, again.name) == ("resubscribed", "subscribed", "Jane Doe")
+    with pytest.raises(NewsletterError, match="not on the mailing list"):
+        mailing_list.remove("nobody@example.org")
+
+
+def test_names_lose_control_characters(mailing_list: MailingList) -> None:
+    subscriber, _ = mailing_list.add("a@example.org", name="Eve\r\nBcc: x@example.org\x00")
+    assert subscriber.name == "Eve Bcc: x@example.org"
+
+
+def test_export_is_reimportable(tmp_path: Path, mailing_list: MailingList) -> None:
+    source = _write(
+        tmp_path / "in.csv",
+        'email,name,language,team\na@example.org,A,en,red\nb@example.org,"B, Jr",ja,\n',
+    )
+    mailing_list.import_csv(source)
+    mailing_list.remove("b@example.org")
+    stream = io.StringIO()
+    assert mailing_list.export_csv(stream) == 2
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    assert [r["email"] for r in rows] == ["a@example.org", "b@example.org"]
+    assert rows[0]["team"] == "red" and rows[1]["status"] == "unsubscribed"
+    with MailingList(tmp_path / "other.sqlite3") as other:
+        exported = _write(tmp_path / "out.csv", stream.getvalue())
+        report = other.import_csv(exported)
+        assert report.problems == [] and report.added == 2
+        assert [(s.email, s.name, s.status, s.attributes) for s in other.subscribers()] == [
+            (s.email, s.name, s.status, s.attributes) for s in mailing_list.subscribers()
+        ]
+
+
+# the CLI
+
+
+@pytest.fixture
+def cli_project(tmp_path: Path) -> Project:
+    return built_project(tmp_path / "project")
+
+
+def _run(project: Project, *args: str):
+    return CliRunner().invoke(cli, ["-C", str(project.root), *args], catch_exceptions=False)
+
+
+def test_cli_subscriber_commands(tmp_path: Path, cli_project: Project) -> None:
+    path = _write(tmp_path / "s.csv", "email,name,language\na@example.org,A,en\nbad,B,en\n")
+    result = _run(cli_project, "subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert "added 1" in result.output
+    assert f"error: {path}:3: skipped:" in result.output
+    assert "Traceback" not in result.output
+
+    assert _run(cli_project, "subscribers", "add", "b@example.org", "--name", "B").output == (
+        "added: b@example.org\n"
+    )
+    assert _run(cli_project, "subscribers", "remove", "a@example.org").exit_code == 0
+    refused = _run(cli_project, "subscribers", "add", "a@example.org")
+    assert refused.exit_code == 1 and "--resubscribe" in refused.output
+    assert _run(cli_project, "subscribers", "add", "a@example.org", "--resubscribe").exit_code == 0
+    assert _run(cli_project, "subscribers", "remove", "b@example.org").exit_code == 0
+
+    listing = _run(cli_project, "subscribers", "list").output.splitlines()
+    assert listing[0] == "a@example.org\tA\ten\tsubscribed"
+    assert listing[1].startswith("b@example.org\tB\t-\tunsubscribed ")
+    count = _run(cli_project, "subscribers", "count").output
+    assert count == "subscribed 1\nunsubscribed 1\nbounced 0\ntotal 2\n"
+    exported = _run(cli_project, "subscribers", "export").output
+    assert exported.splitlines()[0] == "email,name,language,status,status_changed,status_reason"
+    assert len(exported.splitlines()) == 3
+    bad = _run(cli_project, "subscribers", "add", "not an address")
+    assert bad.exit_code == 1 and bad.output.startswith("error: ")
+    assert (cli_project.state_dir / "mailing.sqlite3").is_file()
