@@ -1,0 +1,270 @@
+"""`newsletter watch`: the event loop. Poll sources, log new events, plan and run actions.
+
+Each tick: every source reports what happened since the last tick; events not yet in the log
+are recorded and dispatched to the rules; the rules plan actions with unique keys; every action
+that is due (new, or failed and past its back-off) runs, and its outcome is logged. Actions are
+idempotent (a build gives the same files; `send` skips who has it, by the ledger), so an action
+cut short by a crash is simply run again on the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Protocol
+
+from newsletter.build import build, build_alert
+from newsletter.config import Config, load_config
+from newsletter.content import load_content
+from newsletter.dates import Period
+from newsletter.errors import NewsletterError
+from newsletter.events import EVENT_LOG_NAME, ActionRecord, Dispatcher, Event, EventLog
+from newsletter.project import Project
+from newsletter.rules import listen
+from newsletter.sources import FeedSource, FileSource, Source, TimelineSource
+
+log = logging.getLogger("newsletter.watch")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass
+class SystemClock:
+    config_tz: object
+
+    def now(self) -> datetime:
+        return datetime.now(self.config_tz)  # type: ignore[arg-type]
+
+
+@dataclass
+class ShiftedClock:
+    """Real time, starting from `start`: `watch --now` back-fills and tests drive time this way."""
+
+    start: datetime
+    _origin: float = field(default_factory=time.monotonic)
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self._origin)
+
+
+@dataclass
+class ManualClock:
+    """A clock that moves only when told: a year of events in seconds."""
+
+    current: datetime
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+
+ALERT_GRACE = timedelta(hours=24)
+"""A deadline alert more than this late (the watcher was down) is dropped, not sent late."""
+
+Sender = Callable[[Project, str], str]
+"""Sends the built issue `outbox/<issue id>/`; returns a one-line outcome or raises."""
+
+
+def send_with_ledger(project: Project, issue_id: str) -> str:
+    from newsletter.send import send_issue
+
+    report = send_issue(project, issue_id)
+    summary = f"sent {report.sent}, failed {report.failed}, pending {report.remaining}"
+    if not report.ok:
+        raise NewsletterError(f"send of {issue_id} incomplete: {summary}")
+    return summary
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    events: list[Event]
+    ran: list[tuple[str, str, str]]
+    """(action key, status, outcome) of every action run in this tick."""
+
+    @property
+    def failed(self) -> list[tuple[str, str, str]]:
+        return [r for r in self.ran if r[1] in ("failed", "gave_up")]
+
+
+class Watcher:
+    def __init__(
+        self,
+        project: Project,
+        clock: Clock,
+        *,
+        sender: Sender = send_with_ledger,
+        sources: Sequence[Source] | None = None,
+    ):
+        self.project = project
+        self.clock = clock
+        self.sender = sender
+        self.log = EventLog(project.state_dir / EVENT_LOG_NAME)
+        config = load_config(project.root)
+        self.sources = (
+            list(sources)
+            if sources is not None
+            else [
+                FileSource(project, self.log),
+                TimelineSource(project, self.log, list(config.watch.deadline_leads)),
+                FeedSource(
+                    project, self.log, timedelta(minutes=config.watch.feed_interval_minutes)
+                ),
+            ]
+        )
+
+    def tick(self, stop: threading.Event | None = None) -> TickReport:
+        """One pass: poll, record, dispatch, plan, run what is due."""
+        config = load_config(self.project.root)
+        now = self.clock.now()
+        dispatcher = Dispatcher()
+        listeners = listen(config, dispatcher)
+        new_events = []
+        for source in self.sources:
+            try:
+                found = source.poll(now)
+            except NewsletterError as exc:
+                log.warning("%s: %s", source.name, exc)
+                continue
+            for event in found:
+                if self.log.record(event, now):
+                    new_events.append(event)
+                    dispatcher.dispatch(event)
+        for listener in listeners:
+            for planned in listener.plan(config, now):
+                self.log.plan(
+                    planned.key,
+                    planned.action,
+                    planned.rule,
+                    planned.event_ids,
+                    planned.params,
+                    now,
+                )
+        ran = []
+        for action in self._due(now):
+            if stop is not None and stop.is_set():
+                break
+            ran.append(self._run(action, config, now))
+        self.log.set_mark("last_tick", now.isoformat())
+        return TickReport(now, new_events, ran)
+
+    def _due(self, now: datetime) -> list[ActionRecord]:
+        """Due actions; of several pending drafts of one period only the newest runs."""
+        due = self.log.due(now)
+        newest: dict[str, ActionRecord] = {}
+        for action in due:
+            if action.action == "draft":
+                newest[action.params["period"]] = action
+        keep = []
+        for action in due:
+            if action.action == "draft" and newest[action.params["period"]] is not action:
+                self.log.finish(action.key, "superseded", "a newer draft was built", now)
+                continue
+            keep.append(action)
+        return keep
+
+    def _run(self, action: ActionRecord, config: Config, now: datetime) -> tuple[str, str, str]:
+        try:
+            status, outcome = self._carry_out(action, now)
+        except Exception as exc:  # a failed action must never stop the watcher
+            outcome = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if action.attempts + 1 >= config.watch.max_attempts:
+                self.log.finish(action.key, "gave_up", outcome, now)
+                log.error(
+                    "%s gave up after %d attempts: %s", action.key, action.attempts + 1, outcome
+                )
+                return action.key, "gave_up", outcome
+            delay = timedelta(minutes=config.watch.retry_minutes * 2**action.attempts)
+            self.log.finish(action.key, "failed", outcome, now, retry_in=delay)
+            log.warning("%s failed (retry in %s): %s", action.key, delay, outcome)
+            return action.key, "failed", outcome
+        self.log.finish(action.key, status, outcome, now)
+        if action.action == "draft":
+            self.log.supersede(action, now)
+        log.info("%s %s: %s", action.key, status, outcome)
+        return action.key, status, outcome
+
+    def _carry_out(self, action: ActionRecord, now: datetime) -> tuple[str, str]:
+        params = action.params
+        if action.action in ("digest", "draft"):
+            moment = datetime.fromisoformat(params["now"])
+            result = build(self.project, period=Period.parse(params["period"]), now=moment)
+            outcome = f"built {result.period} ({', '.join(i.language for i in result.issues)})"
+            if action.action == "digest" and params.get("send"):
+                outcome += "; " + self.sender(self.project, str(result.period))
+            return "done", outcome
+        if action.action == "alert":
+            late = now - datetime.fromisoformat(params["now"])
+            if late > ALERT_GRACE:
+                return "expired", f"{late.days} days late; a later alert covers these calls"
+            if not self._any_open(params["calls"], now):
+                return "expired", "every call in the alert closed before it could go out"
+            built = build_alert(
+                self.project,
+                call_ids=params["calls"],
+                lead_days=params["lead_days"],
+                day=date.fromisoformat(params["day"]),
+                now=datetime.fromisoformat(params["now"]),
+            )
+            if built is None:
+                return "expired", "every call in the alert has closed"
+            issue_id, _issues = built
+            outcome = f"built {issue_id}"
+            if params.get("send"):
+                outcome += "; " + self.sender(self.project, issue_id)
+            return "done", outcome
+        raise NewsletterError(f"unknown action {action.action!r}")
+
+    def _any_open(self, call_ids: list[str], now: datetime) -> bool:
+        config = load_config(self.project.root)
+        content = load_content(
+            self.project.content_dir,
+            config.newsletter.languages,
+            config.newsletter.default_language,
+        )
+        return any(c.deadline > now for c in content.calls if c.id in set(call_ids))
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        interval: float | None = None,
+        on_tick: Callable[[TickReport], None] | None = None,
+    ) -> None:
+        """Tick until `stop` is set; a file change wakes the loop early."""
+        config = load_config(self.project.root)
+        interval = interval or config.watch.tick_seconds
+        changed = threading.Event()
+        watcher = threading.Thread(target=self._watch_files, args=(stop, changed), daemon=True)
+        watcher.start()
+        while not stop.is_set():
+            report = self.tick(stop)
+            if on_tick:
+                on_tick(report)
+            deadline = time.monotonic() + interval
+            while not stop.is_set() and not changed.is_set() and time.monotonic() < deadline:
+                stop.wait(0.1)
+            changed.clear()
+
+    def _watch_files(self, stop: threading.Event, changed: threading.Event) -> None:
+        from watchfiles import watch
+
+        paths = [
+            p
+            for p in (
+                self.project.content_dir,
+                self.project.templates_dir,
+                self.project.config_path,
+            )
+            if p.exists()
+        ]
+        for _changes in watch(*paths, stop_event=stop, debounce=300, rust_timeout=500):
+            changed.set()
