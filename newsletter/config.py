@@ -134,6 +134,93 @@ class Feed(_Strict):
         return self
 
 
+class SmtpSettings(_Strict):
+    """`[smtp]`: where `newsletter send` hands messages over. The password is never here: it
+    comes from NEWSLETTER_SMTP_PASSWORD only (see newsletter.send.smtp_settings)."""
+
+    host: str = "localhost"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Default by `security`: 25 for none, 587 for starttls, 465 for ssl."""
+    security: Literal["none", "starttls", "ssl"] = "none"
+    user: str | None = None
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class Mailing(_Strict):
+    """`[mailing]`: delivery policy of `newsletter send` and the links of `newsletter serve`."""
+
+    unsubscribe_url: HttpUrl | None = None
+    """Where `newsletter serve` answers unsubscribe links; default `<website>unsubscribe/`."""
+    unsubscribe_mailto: str | None = Field(
+        default=None, pattern=r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$"
+    )
+    """Mailbox of the `mailto:` List-Unsubscribe; default the sender's reply-to or address."""
+    return_path: str | None = Field(default=None, pattern=r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+    """Envelope sender (MAIL FROM, where bounces go); default the sender's address."""
+    connections: int = Field(default=1, ge=1, le=32)
+    rate: float | None = Field(default=None, gt=0)
+    """Messages per second over all connections; none: as fast as the server takes them."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_delay: float = Field(default=2.0, ge=0, le=600)
+    """Seconds before the first retry of a temporary failure; doubles with each attempt."""
+
+
+ACTIONS = ("digest", "alert", "draft")
+"""What a rule can do: build (and send) a period's digest, a deadline alert, or the draft."""
+
+
+class WatchSettings(_Strict):
+    """`[watch]`: how `newsletter watch` notices events and retries actions."""
+
+    auto_send: bool = False
+    """Send digests and alerts by default; a rule's own `send` overrides it."""
+    deadline_leads: list[Annotated[int, Field(ge=0, le=365)]] = [14, 3]
+    """Days before a call's deadline at which `call.deadline_approaching` fires."""
+    feed_interval_minutes: float = Field(default=30, gt=0)
+    tick_seconds: float = Field(default=60, gt=0)
+    """How often the long-lived watcher looks at the clock and the feeds."""
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_minutes: float = Field(default=5, gt=0)
+    """Back-off before the first retry of a failed action; doubles with each attempt."""
+
+
+class Rule(_Strict):
+    """`[[rules]]`: on these event kinds, do this action."""
+
+    on: list[str]
+    do: Literal[ACTIONS]  # type: ignore[valid-type]
+    send: bool | None = None
+    """Send what was built; default `watch.auto_send`. Ignored for `draft`."""
+    lead_days: list[int] = []
+    """For `call.deadline_approaching`: only these leads (default: every lead)."""
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("on")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        from newsletter.events import KINDS
+
+        for kind in value:
+            if kind not in KINDS:
+                raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}")
+        return value
+
+
+def default_rules() -> list[Rule]:
+    """Without `[[rules]]`: digest at month end, alert 14 days before deadlines, live draft."""
+    return [
+        Rule(on=["period.closed"], do="digest"),
+        Rule(on=["call.deadline_approaching"], do="alert", lead_days=[14]),
+        Rule(
+            on=["content.added", "content.changed", "content.removed", "feed.entry_new"], do="draft"
+        ),
+    ]
+
+
 class Config(_Strict):
     newsletter: Identity
     sender: Sender
@@ -141,6 +228,10 @@ class Config(_Strict):
     selection: SelectionRules = SelectionRules()
     sections: list[Section] = Field(default_factory=lambda: [Section(id=s) for s in SECTION_IDS])
     feeds: list[Feed] = []
+    smtp: SmtpSettings = SmtpSettings()
+    mailing: Mailing = Mailing()
+    watch: WatchSettings = WatchSettings()
+    rules: list[Rule] = Field(default_factory=default_rules)
 
     @property
     def tz(self) -> ZoneInfo:

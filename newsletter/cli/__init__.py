@@ -94,9 +94,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from newsletter.cli import build
+    from newsletter.cli import build, mailing, preview, watch
 
-    for module in (build,):
+    for module in (build, preview, mailing, watch):
         for command in module.COMMANDS:
             cli.add_command(command)
 
