@@ -278,7 +278,7 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
             Problem("missing YAML front matter (start the file with ---)", path, line=1)
         )
     try:
-        post = frontmatter.loads(text, handler=_YAML)
+        post = frontmatter.loads(text)  # libyaml's CSafeLoader when present
     except yaml.MarkedYAMLError as exc:
         mark = exc.context_mark or exc.problem_mark  # where the broken construct starts
         line = mark.line + 2 if mark else None  # +1 for 1-based, +1 for the opening ---
@@ -291,16 +291,6 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
     if not isinstance(post.metadata, dict):
         raise NewsletterError(Problem("front matter must be a mapping of fields", path, line=2))
     return dict(post.metadata), post.content, text
-
-
-class _FastYAML(frontmatter.YAMLHandler):
-    """Front matter through libyaml when present: several times faster than pure Python."""
-
-    def load(self, fm: str, **kwargs: object) -> Any:
-        return yaml.load(fm, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
-_YAML = _FastYAML()
 
 
 def _line_of(text: str, key: str) -> int | None:

@@ -20,8 +20,9 @@ import urllib.request
 import zlib
 from collections.abc import Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ __all__ = [
     "sanitise_html",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SUMMARY_TEXT_LIMIT = 400
 MAX_PARALLEL_FETCHES = 8
 _CHUNK = 64 * 1024
@@ -87,7 +88,12 @@ class FeedError(Exception):
 
 @dataclass(frozen=True)
 class FeedEntry:
-    """One normalised, sanitised feed item, ready for selection and rendering."""
+    """One normalised feed item, ready for selection and rendering.
+
+    `body` is the feed's own, untrusted HTML. It is only reachable through `summary_html`
+    (sanitised with the allow-list) and `summary_text`, computed the first time they are read:
+    an issue shows a handful of a feed's entries, so only those are ever cleaned.
+    """
 
     key: str
     guid: str | None
@@ -95,14 +101,30 @@ class FeedEntry:
     link: str | None
     normalised_link: str | None
     published: datetime | None
-    summary_html: str
-    summary_text: str
+    body: str = field(repr=False)
+    body_base: str | None
     source: str
 
+    @cached_property
+    def summary_html(self) -> str:
+        return sanitise_html(self.body, self.body_base)
+
+    @cached_property
+    def summary_text(self) -> str:
+        return _truncate(html_to_text(self.summary_html))
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["published"] = self.published.isoformat() if self.published else None
-        return data
+        return {
+            "key": self.key,
+            "guid": self.guid,
+            "title": self.title,
+            "link": self.link,
+            "normalised_link": self.normalised_link,
+            "published": self.published.isoformat() if self.published else None,
+            "body": self.body,
+            "body_base": self.body_base,
+            "source": self.source,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FeedEntry:
@@ -237,14 +259,12 @@ def _entry(raw: feedparser.FeedParserDict, source: str, base: str | None) -> Fee
     guid = (raw.get("id") or "").strip() or None
     normalised = normalise_link(link) if link else None
     body, body_base = _body(raw)
-    summary_html = sanitise_html(body, _absolute_http(body_base, base) or base)
-    summary_text = _truncate(html_to_text(summary_html))
     if guid:
         key = f"guid:{guid}"
     elif normalised:
         key = f"link:{normalised}"
     else:
-        digest = hashlib.sha256(f"{title}\n{summary_text}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{title}\n{html_to_text(body)}".encode()).hexdigest()[:16]
         key = f"hash:{digest}"
     return FeedEntry(
         key=key,
@@ -253,8 +273,8 @@ def _entry(raw: feedparser.FeedParserDict, source: str, base: str | None) -> Fee
         link=link,
         normalised_link=normalised,
         published=_published(raw),
-        summary_html=summary_html,
-        summary_text=summary_text,
+        body=body,
+        body_base=_absolute_http(body_base, base) or base,
         source=source,
     )
 
@@ -330,7 +350,7 @@ def _write_cache(path: Path, record: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False)
+            handle.write(json.dumps(data, ensure_ascii=False))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -555,19 +575,29 @@ def ingest_feeds(
     offline: bool = False,
     user_agent: str = f"newsletter/{__version__}",
 ) -> FeedsResult:
-    """Every configured feed, fetched in parallel, deduplicated and newest first.
+    """Every configured feed, deduplicated and newest first.
 
-    Feeds are fetched concurrently (a slow server should not add its timeout to every other
+    URL feeds are fetched concurrently (a slow server should not add its timeout to every other
     feed), but results are combined in config order so the first feed wins a duplicate.
     """
     result = FeedsResult()
     if not feeds:
         return result
-    workers = min(MAX_PARALLEL_FETCHES, len(feeds))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feed") as pool:
-        outcomes = list(
-            pool.map(lambda f: _ingest_one(f, root, cache_dir, offline, user_agent), feeds)
-        )
+    # Downloads wait on the network, so they run in threads; local files are parsing, which
+    # is CPU-bound and only slowed down by threads fighting over the interpreter lock.
+    remote = [feed for feed in feeds if feed.url is not None]
+    outcomes_by_feed: dict[str, _Outcome] = {}
+    if remote:
+        workers = min(MAX_PARALLEL_FETCHES, len(remote))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="feed") as pool:
+            fetched = pool.map(
+                lambda f: _ingest_one(f, root, cache_dir, offline, user_agent), remote
+            )
+            outcomes_by_feed.update(zip((f.name for f in remote), fetched, strict=True))
+    for feed in feeds:
+        if feed.url is None:
+            outcomes_by_feed[feed.name] = _ingest_one(feed, root, cache_dir, offline, user_agent)
+    outcomes = [outcomes_by_feed[feed.name] for feed in feeds]
     combined: list[FeedEntry] = []
     for feed, outcome in zip(feeds, outcomes, strict=True):
         result.statuses[feed.name] = outcome.status

@@ -277,7 +277,7 @@ def _localize(entry: Any, language: str, warnings: list[Problem]) -> Any:
         if entry.item is None:
             return entry
         item = item_in(entry.item)
-        return dataclasses.replace(entry, item=item, title=item.title, summary_text=item.summary)
+        return dataclasses.replace(entry, item=item, title=item.title, text=item.summary)
     if isinstance(entry, Item):
         return item_in(entry)
     return entry

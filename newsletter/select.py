@@ -50,10 +50,22 @@ class NewsStory:
     title: str
     link: str | None
     date: date
-    summary_html: str
-    summary_text: str
     source: str
     item: NewsItem | None = None
+    entry: FeedEntry | None = None
+    text: str | None = None
+    """The summary of a content item (translated by render); feed entries carry their own."""
+
+    @property
+    def summary_html(self) -> str:
+        """Sanitised feed HTML; computed for the stories an issue shows, not for every entry."""
+        return self.entry.summary_html if self.entry else ""
+
+    @property
+    def summary_text(self) -> str:
+        if self.text is not None:
+            return self.text
+        return self.entry.summary_text if self.entry else ""
 
 
 @dataclass
@@ -172,7 +184,9 @@ def news_for(
 ) -> list[NewsStory]:
     """News published in the period (in the project's time zone), newest first, none repeated."""
     stories = [
-        NewsStory(f"item:{item.id}", item.title, item.url, item.date, "", item.summary, "", item)
+        NewsStory(
+            f"item:{item.id}", item.title, item.url, item.date, "", item=item, text=item.summary
+        )
         for item in items
         if period.contains(item.date)
     ]
@@ -182,15 +196,7 @@ def news_for(
         day = entry.published.astimezone(tz).date()
         if period.contains(day):
             stories.append(
-                NewsStory(
-                    entry.key,
-                    entry.title,
-                    entry.link,
-                    day,
-                    entry.summary_html,
-                    entry.summary_text,
-                    entry.source,
-                )
+                NewsStory(entry.key, entry.title, entry.link, day, entry.source, entry=entry)
             )
     fresh = [s for s in stories if s.key not in already_sent]
     return sorted(fresh, key=lambda s: (s.date, s.key), reverse=True)

@@ -293,8 +293,8 @@ def entry(key: str, link: str | None, title: str = "t", source: str = "s") -> Fe
         link=link,
         normalised_link=normalise_link(link) if link else None,
         published=None,
-        summary_html="",
-        summary_text="",
+        body="",
+        body_base=None,
         source=source,
     )
 

@@ -40,8 +40,8 @@ def entry(key: str, published: datetime | None, link: str | None = None) -> Feed
         link=link,
         normalised_link=link,
         published=published,
-        summary_html="",
-        summary_text="",
+        body="",
+        body_base=None,
         source="feed",
     )
 

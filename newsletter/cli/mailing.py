@@ -100,7 +100,7 @@ def subscribers_count(obj: Context) -> None:
 @click.pass_obj
 def subscribers_export(obj: Context, status: str | None) -> None:
     """The list as CSV on standard output (the columns `import` reads, then attributes)."""
-    stream = click.get_text_stream("stdout")
+    stream = sys.stdout
     with MailingList(mailing_db(obj.project)) as mailing_list:
         mailing_list.export_csv(stream, status)
 
