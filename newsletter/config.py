@@ -40,6 +40,8 @@ Localized = str | dict[LanguageCode, str]
 class Identity(_Strict):
     title: Localized
     tagline: Localized = ""
+    intro: Localized = ""
+    """The sentence under the greeting that opens each digest."""
     website: HttpUrl
     """Base for every relative link; email clients cannot resolve relative URLs."""
     archive_url: HttpUrl | None = None

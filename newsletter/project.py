@@ -49,9 +49,19 @@ class Project:
         return self.state_dir / "state.sqlite3"
 
     def template_dirs(self) -> list[Path]:
-        """The project's own templates first, then the theme shipped inside the package."""
+        """The project's own templates first, then the theme shipped with the engine."""
         dirs = [self.templates_dir] if self.templates_dir.is_dir() else []
-        shipped = Path(str(resources.files("newsletter") / "theme"))
-        if shipped.is_dir():
-            dirs.append(shipped)
+        theme = shipped_theme()
+        if theme is not None and theme not in dirs:
+            dirs.append(theme)
         return dirs
+
+
+def shipped_theme() -> Path | None:
+    """The default theme: inside the installed package (a wheel puts the repository's
+    `templates/` there), or the source checkout's `templates/` for an editable install."""
+    packaged = Path(str(resources.files("newsletter") / "theme"))
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[1] / "templates"
+    return checkout if (checkout / "digest.html").is_file() else None

@@ -179,6 +179,7 @@ def _render_edition(
         "footer": config.footer,
         "title": localized(config.newsletter.title, language, default),
         "tagline": localized(config.newsletter.tagline, language, default),
+        "intro": localized(config.newsletter.intro, language, default),
         "reason": localized(config.footer.reason, language, default),
         "lang": language,
         "locale": config.newsletter.locale(language),

@@ -178,3 +178,27 @@ def test_non_editable_install_ships_the_theme(project: Project, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     japanese = (project.outbox_dir / "2026-11" / "ja" / "index.html").read_text()
     assert "公募情報" in japanese  # packaged translations came along too
+
+
+def test_init_makes_a_project_that_builds_with_every_section(tmp_path: Path) -> None:
+    target = tmp_path / "new-newsletter"
+    created = run_script("init", str(target), "--title", "Lab News")
+    assert created.returncode == 0, created.stderr
+    assert (target / "templates" / "digest.html").is_file()
+    assert 'title = "Lab News"' in (target / "newsletter.toml").read_text()
+    checked = run_script("-C", str(target), "check")
+    assert checked.returncode == 0, checked.stderr
+    built = run_script("-C", str(target), "build")
+    assert built.returncode == 0, built.stderr
+    assert "warning" not in built.stderr, built.stderr
+    period = next((target / "outbox").iterdir()).name
+    manifest = json.loads((target / "outbox" / period / "en" / "manifest.json").read_text())
+    assert all(count >= 1 for count in manifest["sections"].values()), manifest["sections"]
+
+
+def test_init_refuses_a_folder_in_use(project: Project) -> None:
+    result = run_script("init", str(project.root))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {project.root}: folder is not empty; choose a new or empty one"
+    )

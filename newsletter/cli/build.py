@@ -13,6 +13,7 @@ from newsletter.dates import Period
 from newsletter.errors import NewsletterError, Problem
 from newsletter.outbox import CLIP_LIMIT_BYTES
 from newsletter.project import Project
+from newsletter.scaffold import init_project
 
 
 @click.command("build")
@@ -110,4 +111,13 @@ def feeds_fetch(obj: Context) -> None:
         )
 
 
-COMMANDS = [build_command, check_command, feeds_group]
+@click.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--title", default="My Newsletter", show_default=True, help="The newsletter's name.")
+def init_command(directory: Path, title: str) -> None:
+    """Create a new project in DIRECTORY: config, theme and one sample item of each kind."""
+    project = init_project(directory, title=title)
+    click.echo(f"created {project.root}; next: newsletter -C {directory} build")
+
+
+COMMANDS = [build_command, check_command, feeds_group, init_command]
