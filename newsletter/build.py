@@ -358,21 +358,13 @@ def _manifest_item(section: str, entry: Item | FeedEntry | NewsStory) -> dict[st
             "section": section,
             "link": entry.url,
         }
-    if isinstance(entry, NewsStory):
-        return {
-            "id": entry.key,
-            "kind": "feed_entry",
-            "title": entry.title,
-            "section": section,
-            "link": entry.link,
-            "source": entry.source,
-        }
-    return {
+    return {  # a story from a feed
         "id": entry.key,
         "kind": "feed_entry",
         "title": entry.title,
         "section": section,
         "link": entry.link,
+        "source": entry.source,
     }
 
 

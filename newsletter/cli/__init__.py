@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +88,37 @@ def cli(ctx: click.Context, project_dir: Path, verbose: bool) -> None:
 
 
 NOW_HELP = "Fix the clock (ISO date or date-time; project time zone if no offset)."
+
+
+def issue_options(verb: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """--period, --lang, --now and --offline: which issue, as seen when (build and preview)."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            [
+                click.option(
+                    "--period",
+                    callback=period_option,
+                    metavar="YYYY-MM",
+                    help=f"The month to {verb}; default: the month of --now.",
+                ),
+                click.option(
+                    "--lang",
+                    "languages",
+                    multiple=True,
+                    metavar="CODE",
+                    help="Build only this language (repeatable); default: all configured.",
+                ),
+                click.option("--now", metavar="ISO-DATETIME", help=NOW_HELP),
+                click.option(
+                    "--offline", is_flag=True, help="Use cached feed entries; no network."
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from newsletter.build import BuildResult, build, check, load_inputs
-from newsletter.cli import NOW_HELP, Context
-from newsletter.cli import period_option as period_option
+from newsletter.cli import NOW_HELP, Context, issue_options
 from newsletter.dates import Period
 from newsletter.errors import NewsletterError, Problem
 from newsletter.outbox import CLIP_LIMIT_BYTES
@@ -17,21 +16,7 @@ from newsletter.scaffold import init_project
 
 
 @click.command("build")
-@click.option(
-    "--period",
-    callback=period_option,
-    metavar="YYYY-MM",
-    help="The month to build; default: the month of --now.",
-)
-@click.option(
-    "--lang",
-    "languages",
-    multiple=True,
-    metavar="CODE",
-    help="Build only this language (repeatable); default: all configured.",
-)
-@click.option("--now", metavar="ISO-DATETIME", help=NOW_HELP)
-@click.option("--offline", is_flag=True, help="Use cached feed entries; no network.")
+@issue_options("build")
 @click.pass_obj
 def build_command(
     obj: Context, period: Period | None, languages: tuple[str, ...], now: str | None, offline: bool

@@ -7,27 +7,13 @@ from typing import Any
 
 import click
 
-from newsletter.cli import NOW_HELP, Context, period_option
+from newsletter.cli import Context, issue_options
 from newsletter.dates import Period
 from newsletter.preview import DEFAULT_HOST, DEFAULT_PORT, LivePreview, PreviewServer, is_loopback
 
 
 @click.command("preview")
-@click.option(
-    "--period",
-    callback=period_option,
-    metavar="YYYY-MM",
-    help="The month to preview; default: the month of --now.",
-)
-@click.option(
-    "--lang",
-    "languages",
-    multiple=True,
-    metavar="CODE",
-    help="Build only this language (repeatable); default: all configured.",
-)
-@click.option("--now", metavar="ISO-DATETIME", help=NOW_HELP)
-@click.option("--offline", is_flag=True, help="Use cached feed entries; no network.")
+@issue_options("preview")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
