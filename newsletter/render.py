@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -61,7 +62,7 @@ def make_environment(template_dirs: list[Path]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update({"day": _day, "clock": _clock, "money": _money})
+    env.filters.update({"day": _day, "clock": _clock, "money": _money, "underline": _underline})
     return env
 
 
@@ -69,6 +70,12 @@ def make_environment(template_dirs: list[Path]) -> jinja2.Environment:
 def _day(context: jinja2.runtime.Context, value: Any, style: str = "long") -> str:
     """`{{ call.opens | day }}`: a date, partial date or date-time in the issue's locale."""
     return format_day(value, context["locale"], style)
+
+
+def _underline(text: str, character: str = "=") -> str:
+    """A rule as wide as `text` in a monospaced font: CJK characters take two columns."""
+    width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return character * width
 
 
 @jinja2.pass_context
