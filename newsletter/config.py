@@ -29,6 +29,10 @@ SECTION_IDS = ("milestones", "history", "calls", "projects", "news", "events", "
 LanguageCode = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")]
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+"""An RFC 5322 atom: what a List-Id's dot-separated parts may hold."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,7 +49,11 @@ class Identity(_Strict):
     website: HttpUrl
     """Base for every relative link; email clients cannot resolve relative URLs."""
     archive_url: HttpUrl | None = None
-    list_id: str = Field(default="", description="RFC 2919 List-Id, e.g. digest.example.org")
+    list_id: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+)?$",
+    )
+    """RFC 2919 List-Id, e.g. `digest.example.org`; default `digest.<sender's domain>`."""
     languages: list[LanguageCode] = ["en"]
     default_language: LanguageCode = "en"
     locales: dict[LanguageCode, str] = {}
@@ -64,6 +72,15 @@ class Identity(_Strict):
 
     def locale(self, language: str) -> str:
         return self.locales.get(language, language)
+
+    @field_validator("title", "tagline", "intro")
+    @classmethod
+    def _single_line(cls, value: str | dict[str, str]) -> str | dict[str, str]:
+        """The title goes into the Subject and List-Id headers: no line breaks, ever."""
+        texts = value.values() if isinstance(value, dict) else [value]
+        if any("\r" in text or "\n" in text for text in texts):
+            raise ValueError("must be a single line")
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -109,3 +109,18 @@ def test_sender_name_cannot_smuggle_headers(tmp_path: Path) -> None:
     text = MINIMAL.replace('name = "Digest"\nemail', 'name = "Digest\\nBcc: x@evil.test"\nemail')
     (message,) = problems(tmp_path, text)
     assert "sender.name" in message and "single line" in message
+
+
+def test_title_cannot_break_the_subject_header(tmp_path: Path) -> None:
+    text = MINIMAL.replace('title = "Digest"', 'title = { en = "Digest\\nBcc: x@evil.test" }', 1)
+    (message,) = problems(tmp_path, text)
+    assert "newsletter.title" in message and "single line" in message
+
+
+def test_list_id_must_be_a_dotted_identifier(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'website = "https://example.org/"',
+        'website = "https://example.org/"\nlist_id = "digest example org"',
+    )
+    (message,) = problems(tmp_path, text)
+    assert "newsletter.list_id" in message

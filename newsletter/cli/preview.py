@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from newsletter.cli import Context, issue_options
+from newsletter.config import load_config
 from newsletter.dates import Period
 from newsletter.preview import DEFAULT_HOST, DEFAULT_PORT, LivePreview, PreviewServer, is_loopback
 
@@ -44,6 +45,8 @@ def preview_command(
     The page shows the email at desktop and mobile width, its plain-text version and headers,
     and a checks panel. Stop with Ctrl-C.
     """
+    if not obj.project.config_path.is_file():
+        load_config(obj.project.root)  # raises the "not a newsletter project" error
     if host != DEFAULT_HOST:
         reach = (
             "another loopback address"
