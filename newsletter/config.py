@@ -230,10 +230,10 @@ class Rule(_Strict):
 
 
 def default_rules() -> list[Rule]:
-    """Without `[[rules]]`: digest at month end, alert 14 days before deadlines, live draft."""
+    """Without `[[rules]]`: digest at month end, an alert at each deadline lead, live draft."""
     return [
         Rule(on=["period.closed"], do="digest"),
-        Rule(on=["call.deadline_approaching"], do="alert", lead_days=[14]),
+        Rule(on=["call.deadline_approaching"], do="alert"),
         Rule(
             on=["content.added", "content.changed", "content.removed", "feed.entry_new"], do="draft"
         ),

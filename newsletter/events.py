@@ -156,6 +156,17 @@ class EventLog:
     def _db(self) -> Iterator[sqlite3.Connection]:
         yield self._connection
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside is written together or not at all (a crash leaves no half)."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
     # events
     def record(self, event: Event, seen_at: datetime) -> bool:
         """Remember `event`; False when it was already known (so it is not handled twice)."""

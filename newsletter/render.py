@@ -145,7 +145,9 @@ def render_alert(
     sections = [ViewSection("calls", section_title(config, "calls", translator), calls, len(calls))]
     locale = config.newsletter.locale(language)
     title = localized(config.newsletter.title, language, config.newsletter.default_language)
-    subject = translator.gettext("Deadline alert: %(title)s", title=calls[0].call.title)
+    subject = translator.gettext(
+        "Closes in %(days)d days: %(title)s", days=lead_days, title=calls[0].call.title
+    )
     if len(calls) > 1:
         subject += f" (+{len(calls) - 1})"
     return _render_edition(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -27,10 +28,22 @@ from newsletter.project import Project
 from newsletter.timeline import timeline
 
 
+@dataclass
+class Polled:
+    """What a source found, and the marks to store once the tick has recorded it.
+
+    Marks are saved in the same transaction as the events, so a crash between the two can
+    neither lose events (the next tick polls the same window again) nor repeat them.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    marks: dict[str, str] = field(default_factory=dict)
+
+
 class Source(Protocol):
     name: str
 
-    def poll(self, now: datetime) -> list[Event]: ...
+    def poll(self, now: datetime) -> Polled: ...
 
 
 class FileSource:
@@ -43,22 +56,26 @@ class FileSource:
         self.log = log
 
     def snapshot(self) -> dict[str, str]:
+        """Path -> content hash of every watched file that can be read right now."""
         files = [self.project.config_path]
         for folder in (self.project.content_dir, self.project.templates_dir):
             if folder.is_dir():
-                files += [p for p in folder.rglob("*") if p.is_file() and not _scratch(p.name)]
-        return {
-            str(p.relative_to(self.project.root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(files)
-            if p.exists()
-        }
+                files += [p for p in folder.rglob("*") if not _scratch(p.name)]
+        hashes = {}
+        for path in sorted(files):
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue  # a folder, a file saved away mid-read, or one we may not read
+            hashes[str(path.relative_to(self.project.root))] = digest
+        return hashes
 
-    def poll(self, now: datetime) -> list[Event]:
+    def poll(self, now: datetime) -> Polled:
         current = self.snapshot()
         stored = self.log.mark("files")
-        self.log.set_mark("files", json.dumps(current, sort_keys=True))
+        marks = {"files": json.dumps(current, sort_keys=True)}
         if stored is None:
-            return []  # first run: nothing to compare with
+            return Polled([], marks)  # first run: nothing to compare with
         before: dict[str, str] = json.loads(stored)
         events = []
         for path, digest in current.items():
@@ -69,7 +86,7 @@ class FileSource:
         for path, digest in before.items():
             if path not in current:
                 events.append(self._event(CONTENT_REMOVED, path, digest, now))
-        return events
+        return Polled(events, marks)
 
     def _event(self, kind: str, path: str, digest: str, now: datetime) -> Event:
         area = path.split("/", 1)[0] if "/" in path else "config"
@@ -93,10 +110,10 @@ class FeedSource:
         self.log = log
         self.interval = interval
 
-    def poll(self, now: datetime) -> list[Event]:
+    def poll(self, now: datetime) -> Polled:
         last = self.log.mark("feeds_polled")
         if last is not None and now - datetime.fromisoformat(last) < self.interval:
-            return []
+            return Polled()
         config = load_config(self.project.root)
         result = ingest_feeds(
             config.feeds,
@@ -104,9 +121,8 @@ class FeedSource:
             self.project.cache_dir,
             user_agent=f"newsletter/{__version__}",
         )
-        self.log.set_mark("feeds_polled", now.isoformat())
         seen = self.log.known_of(f"{FEED_ENTRY_NEW}:{entry.key}" for entry in result.entries)
-        return [
+        events = [
             Event(
                 f"{FEED_ENTRY_NEW}:{entry.key}",
                 FEED_ENTRY_NEW,
@@ -121,6 +137,7 @@ class FeedSource:
             for entry in result.entries
             if f"{FEED_ENTRY_NEW}:{entry.key}" not in seen
         ]
+        return Polled(events, {"feeds_polled": now.isoformat()})
 
 
 class TimelineSource:
@@ -133,24 +150,31 @@ class TimelineSource:
         self.log = log
         self.deadline_leads = deadline_leads
 
-    def poll(self, now: datetime) -> list[Event]:
-        last = self.log.mark("timeline_until")
-        self.log.set_mark("timeline_until", now.isoformat())
-        if last is None:
-            return []  # a new watcher starts from now; it does not replay history
+    def poll(self, now: datetime) -> Polled:
+        since = self.log.mark("timeline_since")
+        if since is None:
+            # A new watcher starts from now; it does not replay history.
+            return Polled([], {"timeline_since": now.isoformat()})
+        last = self.log.mark("timeline_until") or since
+        # Look a day back as well: a call added at noon whose alert was due at 00:00 that day
+        # still gets it. The log drops what it has already seen.
+        start = max(
+            datetime.fromisoformat(since), min(datetime.fromisoformat(last), now - LOOKBACK)
+        )
         config = load_config(self.project.root)
         content = load_content(
             self.project.content_dir,
             config.newsletter.languages,
             config.newsletter.default_language,
         )
-        start = datetime.fromisoformat(last)
-        # Events exactly at `now` belong to this tick: the window is (last, now].
-        return [
+        # The window is (start, now]: events exactly at `now` belong to this tick.
+        events = [
             e
             for e in timeline(content, config.tz, start, now + _EPSILON, self.deadline_leads)
             if e.time > start
         ]
+        return Polled(events, {"timeline_until": now.isoformat()})
 
 
+LOOKBACK = timedelta(days=1)
 _EPSILON = timedelta(microseconds=1)

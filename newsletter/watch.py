@@ -122,38 +122,47 @@ class Watcher:
         )
 
     def tick(self, stop: threading.Event | None = None) -> TickReport:
-        """One pass: poll, record, dispatch, plan, run what is due."""
+        """One pass: poll, then record events, plan actions and store marks in one
+        transaction, then run what is due. A crash at any point repeats nothing and loses
+        nothing: before the commit the next tick polls the same again; after it, the actions
+        are in the log."""
         config = load_config(self.project.root)
         now = self.clock.now()
+        polled = []
+        for source in self.sources:
+            try:
+                polled.append(source.poll(now))
+            except NewsletterError as exc:
+                # Its marks stay where they were: the next tick looks at this window again.
+                log.warning("%s: %s", source.name, exc)
         dispatcher = Dispatcher()
         listeners = listen(config, dispatcher)
         new_events = []
-        for source in self.sources:
-            try:
-                found = source.poll(now)
-            except NewsletterError as exc:
-                log.warning("%s: %s", source.name, exc)
-                continue
-            for event in found:
-                if self.log.record(event, now):
-                    new_events.append(event)
-                    dispatcher.dispatch(event)
-        for listener in listeners:
-            for planned in listener.plan(config, now):
-                self.log.plan(
-                    planned.key,
-                    planned.action,
-                    planned.rule,
-                    planned.event_ids,
-                    planned.params,
-                    now,
-                )
+        with self.log.transaction():
+            for found in polled:
+                for event in found.events:
+                    if self.log.record(event, now):
+                        new_events.append(event)
+                        dispatcher.dispatch(event)
+            for listener in listeners:
+                for planned in listener.plan(config, now):
+                    self.log.plan(
+                        planned.key,
+                        planned.action,
+                        planned.rule,
+                        planned.event_ids,
+                        planned.params,
+                        now,
+                    )
+            for found in polled:
+                for name, value in found.marks.items():
+                    self.log.set_mark(name, value)
+            self.log.set_mark("last_tick", now.isoformat())
         ran = []
         for action in self._due(now):
             if stop is not None and stop.is_set():
                 break
             ran.append(self._run(action, config, now))
-        self.log.set_mark("last_tick", now.isoformat())
         return TickReport(now, new_events, ran)
 
     def _due(self, now: datetime) -> list[ActionRecord]:
@@ -204,7 +213,7 @@ class Watcher:
         if action.action == "alert":
             late = now - datetime.fromisoformat(params["now"])
             if late > ALERT_GRACE:
-                return "expired", f"{late.days} days late; a later alert covers these calls"
+                return "expired", f"{late} late: its days left would be wrong, so not sent"
             if not self._any_open(params["calls"], now):
                 return "expired", "every call in the alert closed before it could go out"
             built = build_alert(
@@ -238,6 +247,7 @@ class Watcher:
         *,
         interval: float | None = None,
         on_tick: Callable[[TickReport], None] | None = None,
+        on_error: Callable[[NewsletterError], None] | None = None,
     ) -> None:
         """Tick until `stop` is set; a file change wakes the loop early."""
         config = load_config(self.project.root)
@@ -246,9 +256,18 @@ class Watcher:
         watcher = threading.Thread(target=self._watch_files, args=(stop, changed), daemon=True)
         watcher.start()
         while not stop.is_set():
-            report = self.tick(stop)
-            if on_tick:
-                on_tick(report)
+            try:
+                report = self.tick(stop)
+            except NewsletterError as exc:
+                # A typo in newsletter.toml must not end a long-running watcher: say so, and
+                # try again at the next tick (or as soon as the file is saved again).
+                for problem in exc.problems:
+                    log.error("%s", problem)
+                if on_error:
+                    on_error(exc)
+            else:
+                if on_tick:
+                    on_tick(report)
             deadline = time.monotonic() + interval
             while not stop.is_set() and not changed.is_set() and time.monotonic() < deadline:
                 stop.wait(0.1)

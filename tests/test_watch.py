@@ -89,9 +89,10 @@ def test_a_year_of_events_once_each_with_a_restart(project: Project, sending: Sm
     content = load_content(project.content_dir, ["en", "ja"], "en")
     first, last = date(2026, 1, 1), date(2027, 1, 1)
     expected_alerts = {
-        f"alert:{call.deadline.date() - timedelta(days=14)}:14d"
+        f"alert:{call.deadline.date() - timedelta(days=lead)}:{lead}d"
         for call in content.calls
-        if first < call.deadline.date() - timedelta(days=14) <= last
+        for lead in (14, 3)
+        if first < call.deadline.date() - timedelta(days=lead) <= last
     }
     alerts = [a for a in actions if a.action == "alert"]
     assert {a.key for a in alerts} == expected_alerts and len(expected_alerts) >= 4
@@ -341,3 +342,84 @@ def wait_until(condition, timeout: float = 30.0) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+def test_an_invalid_file_delays_events_but_loses_none(project: Project) -> None:
+    clock = ManualClock(at("2026-11-20T09:00:00"))
+    watcher = Watcher(project, clock)
+    watcher.tick()
+    item = project.content_dir / "news" / "2026-11-24-moonshot-call-questions-answered.md"
+    good = item.read_text()
+    item.write_text(good.replace("title:", "titel:", 1))
+    clock.current = at("2026-12-01T08:00:00")
+    broken = watcher.tick()
+    assert not [e for e in broken.events if e.kind == "period.closed"]
+    item.write_text(good)
+    clock.current = at("2026-12-01T09:00:00")
+    fixed = watcher.tick()
+    assert "period.closed:2026-11" in [e.id for e in fixed.events]
+    assert ("digest:2026-11", "done") in [(k, s) for k, s, _o in fixed.ran]
+
+
+def test_a_call_added_later_in_the_day_still_gets_its_alert(project: Project) -> None:
+    clock = ManualClock(at("2026-11-20T08:00:00"))
+    watcher = Watcher(project, clock)
+    watcher.tick()
+    clock.current = at("2026-11-21T06:00:00")  # the day's alerts were due at 00:00
+    watcher.tick()
+    clock.current = at("2026-11-21T10:00:00")
+    (project.content_dir / "calls" / "late-addition.md").write_text(
+        '---\ntitle: "A call added at ten"\nprogramme: "ERC"\nopens: "2026-11-01"\n'
+        'deadline: "2026-12-05"\n---\n'
+    )
+    report = watcher.tick()
+    assert "alert:2026-11-21:14d" in [key for key, _s, _o in report.ran]
+    alert = project.outbox_dir / "alert-2026-11-21-14d" / "en" / "digest.txt"
+    assert "A call added at ten" in alert.read_text()
+
+
+def test_sigkill_during_an_auto_send_then_restart_delivers_each_once(
+    project: Project, tmp_path: Path
+) -> None:
+    """The real console script is killed in the middle of sending the month's digest; the next
+    `watch --once` finishes the job: every subscriber has exactly one copy."""
+    from smtpserver import Faults
+
+    configure_watch(project, "auto_send = true")
+    from newsletter.send import mailing_db
+
+    addresses = [f"reader{i:03d}@example.org" for i in range(120)]
+    with MailingList(mailing_db(project)) as mailing_list:
+        for address in addresses:
+            mailing_list.add(address, language="en")
+    slow = Faults(slow_rcpt={address: 0.05 for address in addresses})
+    with SmtpServer(slow) as server:
+        env = {**os.environ, **server.env()}
+        command = [console_script(), "-C", str(project.root), "watch", "--once", "--now"]
+        subprocess.run(
+            [*command, "2026-11-30T09:00:00+01:00"], env=env, check=True, capture_output=True
+        )
+        process = subprocess.Popen(
+            [*command, "2026-12-01T09:00:00+01:00"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert wait_until(lambda: sum(server.counts.values()) >= 20)
+        process.kill()
+        process.wait(timeout=30)
+        assert 0 < sum(server.counts.values()) < len(addresses)
+        again = subprocess.run(
+            [*command, "2026-12-01T09:05:00+01:00"], env=env, capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert "digest:2026-11" in again.stdout
+        copies = Counter()
+        for _sender, recipients, data in server.recorder.messages:
+            subject = message_from_bytes(data, policy=default_policy)["Subject"]
+            copies[(recipients[0], subject)] += 1
+        digests = {r: n for (r, s), n in copies.items() if s.endswith("November 2026")}
+        assert set(digests) == set(addresses)
+        # Everyone has the November digest; at most the message in flight went out twice.
+        assert sum(digests.values()) - len(addresses) <= 1
+        assert all(n == 1 for (_r, s), n in copies.items() if "Digest" not in s)

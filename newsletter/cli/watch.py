@@ -62,7 +62,7 @@ def watch_command(obj: Context, once: bool, now: str | None, interval: float | N
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     click.echo(f"watching {obj.project.root} (Ctrl-C to stop)", err=True)
-    watcher.run(stop, interval=interval, on_tick=_print_tick)
+    watcher.run(stop, interval=interval, on_tick=_print_tick, on_error=_print_error)
     click.echo("stopped", err=True)
 
 
@@ -71,6 +71,11 @@ def _print_tick(report: TickReport) -> None:
         click.echo(f"{report.now:%Y-%m-%d %H:%M:%S} event  {event.kind:<26} {event.id}")
     for key, status, outcome in report.ran:
         click.echo(f"{report.now:%Y-%m-%d %H:%M:%S} action {status:<26} {key}: {outcome}")
+
+
+def _print_error(error: NewsletterError) -> None:
+    for problem in error.problems:
+        click.echo(f"error: {problem} (still watching; fix it and save)", err=True)
 
 
 def _day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
