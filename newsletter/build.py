@@ -247,7 +247,14 @@ def publish(
     issues = []
     for rendered, directory, files, size in prepared:
         if write and files is not None:
-            write_issue(directory, files)
+            try:
+                write_issue(directory, files)
+            except OSError as exc:
+                raise NewsletterError(
+                    Problem(
+                        f"cannot write the issue: {exc.strerror or exc}", exc.filename or directory
+                    )
+                ) from None
         counts = {s.id: len(s.entries) for s in rendered.sections}
         issues.append(
             LanguageIssue(

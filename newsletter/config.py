@@ -286,6 +286,8 @@ def load_config(root: Path) -> Config:
         raise NewsletterError(Problem(f"not valid TOML: {reason}", path, line=line)) from None
     except UnicodeDecodeError:
         raise NewsletterError(Problem("not UTF-8 text", path)) from None
+    except OSError as exc:
+        raise NewsletterError(Problem(f"cannot read: {exc.strerror or exc}", path)) from None
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -108,8 +108,16 @@ class FundingCall(Item):
     opens: Day | None = None
     deadline: Deadline
     """Aware datetime; a bare date means 17:00 in Brussels, as Horizon Europe deadlines are."""
-    budget_eur: float | None = Field(default=None, ge=0)
+    budget_eur: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     eligibility: str = ""
+
+    @model_validator(mode="after")
+    def _opens_before_deadline(self) -> FundingCall:
+        if self.opens is not None and self.opens > self.deadline.date():
+            raise ValueError(
+                f"opens ({self.opens}) is after the deadline ({self.deadline:%Y-%m-%d})"
+            )
+        return self
 
 
 class Project(Item):
@@ -273,6 +281,8 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise NewsletterError(Problem("not UTF-8 text", path)) from None
+    except OSError as exc:
+        raise NewsletterError(Problem(f"cannot read: {exc.strerror or exc}", path)) from None
     if not text.lstrip().startswith("---"):
         raise NewsletterError(
             Problem("missing YAML front matter (start the file with ---)", path, line=1)
@@ -288,6 +298,9 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
         ) from None
     except yaml.YAMLError as exc:
         raise NewsletterError(Problem(f"invalid YAML front matter: {exc}", path)) from None
+    except (ValueError, OverflowError) as exc:
+        # YAML reads an unquoted 2027-02-30 as a date, and fails on it.
+        raise NewsletterError(Problem(f"invalid value in front matter: {exc}", path)) from None
     if not isinstance(post.metadata, dict):
         raise NewsletterError(Problem("front matter must be a mapping of fields", path, line=2))
     return dict(post.metadata), post.content, text
@@ -295,8 +308,9 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
 
 def _line_of(text: str, key: str) -> int | None:
     """Line of `key:` in the front matter, so errors point where the user must look."""
+    front = text.split("\n---", 1)[0] if text.startswith("---") else ""
     pattern = re.compile(rf"^{re.escape(key)}\s*:", re.MULTILINE)
-    match = pattern.search(text)
+    match = pattern.search(front, 3)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
 
@@ -322,12 +336,11 @@ def _validate(model: type[Item], data: dict[str, Any], path: Path, text: str) ->
 def _cached_item(
     model: type[Item], item_id: str, path: Path, language: str, translation_paths: dict[str, Path]
 ) -> Item:
-    key = (
-        model,
-        language,
-        _stat_key(path),
-        *(_stat_key(p) for _lang, p in sorted(translation_paths.items())),
-    )
+    try:
+        stats = [_stat_key(path), *(_stat_key(p) for _lang, p in sorted(translation_paths.items()))]
+    except OSError:
+        return _load_item(model, item_id, path, language, translation_paths)  # reports it
+    key = (model, language, *stats)
     item = _parsed.get(key)
     if item is None:
         if len(_parsed) > 20_000:

@@ -10,6 +10,8 @@ from functools import total_ordering
 from zoneinfo import ZoneInfo
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
+MIN_YEAR, MAX_YEAR = 1900, 9000
+"""The range a clock or period given on the command line may take (month arithmetic stays safe)."""
 DEFAULT_DEADLINE_TIME = time(17, 0)
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
@@ -76,6 +78,8 @@ class Period:
         match = _PERIOD.match(text.strip())
         if not match or not 1 <= int(match.group(2)) <= 12:
             raise ValueError(f"expected a period as YYYY-MM, got {text!r}")
+        if not MIN_YEAR <= int(match.group(1)) <= MAX_YEAR:
+            raise ValueError(f"year out of range ({MIN_YEAR}–{MAX_YEAR}) in {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     @classmethod
@@ -151,4 +155,7 @@ def parse_now(text: str | None, tz: ZoneInfo) -> datetime:
     """The build clock: `--now` as an ISO date or date-time (project time zone if naive)."""
     if text is None:
         return datetime.now(tz)
-    return parse_moment(text, tz)
+    moment = parse_moment(text, tz)
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise ValueError(f"year out of range ({MIN_YEAR}–{MAX_YEAR}) in {text!r}")
+    return moment

@@ -8,6 +8,7 @@ is reported once as a build warning.
 from __future__ import annotations
 
 import gettext
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from functools import cached_property
@@ -16,11 +17,12 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_datetime, format_skeleton
 from babel.messages.catalog import Catalog
-from babel.messages.pofile import read_po
+from babel.messages.pofile import PoFileError, read_po
 from babel.numbers import format_compact_currency
 from jinja2 import Environment
 
 from newsletter.dates import PartialDate, Period
+from newsletter.errors import NewsletterError, Problem
 
 
 class Translator:
@@ -73,8 +75,17 @@ def load_translator(language: str, default_language: str, locale_dirs: list[Path
     for directory in locale_dirs:
         path = directory / f"{language}.po"
         if path.is_file():
-            with path.open("rb") as handle:
-                return Translator(language, read_po(handle, locale=language))
+            try:
+                with path.open("rb") as handle:
+                    catalog = read_po(handle, locale=language, abort_invalid=True)
+            except PoFileError as exc:
+                reason = re.sub(r" on \d+$", "", str(exc))
+                raise NewsletterError(
+                    Problem(f"invalid translation file: {reason}", path, line=exc.lineno + 1)
+                ) from None
+            except OSError as exc:
+                raise NewsletterError(Problem(f"cannot read: {exc.strerror}", path)) from None
+            return Translator(language, catalog)
     translator = Translator(language, Catalog(locale=language))
     return translator
 

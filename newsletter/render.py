@@ -304,7 +304,13 @@ def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
         ) from None
     except jinja2.TemplateNotFound as exc:
         raise NewsletterError(Problem(f"template not found: {exc.name}")) from None
-    except (jinja2.UndefinedError, TypeError, ValueError, AttributeError) as exc:
+    except OSError as exc:
+        raise NewsletterError(
+            Problem(f"cannot read template: {exc.strerror or exc}", exc.filename)
+        ) from None
+    except NewsletterError:
+        raise
+    except Exception as exc:  # whatever a template expression raises is the template's error
         path, line = _template_frame(exc)
         raise NewsletterError(Problem(f"template error: {exc}", path, line=line)) from None
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import NOW_ISO, REPO, invoke, run_script
 from feedserver import FeedServer
 
@@ -202,3 +203,67 @@ def test_init_refuses_a_folder_in_use(project: Project) -> None:
     assert result.stderr.strip() == (
         f"error: {project.root}: folder is not empty; choose a new or empty one"
     )
+
+
+CALL = "---\ntitle: X\nprogramme: ERC\n"
+BAD_INPUTS = {
+    "now is not a date": (["build", "--now", "garbage"], None, "--now: expected"),
+    "now out of range": (["build", "--now", "9999-12-31T23:59"], None, "--now: year out of range"),
+    "impossible unquoted date": (
+        ["build"],
+        ("content/calls/bad.md", CALL + "deadline: 2027-02-30\n---\n"),
+        "bad.md: invalid value in front matter: day is out of range for month",
+    ),
+    "opens after deadline": (
+        ["build"],
+        ("content/calls/bad.md", CALL + 'opens: "2027-03-01"\ndeadline: "2027-02-20"\n---\n'),
+        "bad.md: opens (2027-03-01) is after the deadline",
+    ),
+    "infinite budget": (
+        ["build"],
+        ("content/calls/bad.md", CALL + 'deadline: "2027-02-20"\nbudget_eur: .inf\n---\n'),
+        "bad.md:5: budget_eur: Input should be a finite number",
+    ),
+    "template raises": (
+        ["build"],
+        ("templates/partials/contacts.txt", "{{ 1/0 }}\n"),
+        "contacts.txt:1: template error: division by zero",
+    ),
+    "broken translation file": (
+        ["build"],
+        ("templates/locales/ja.po", 'msgid "x"\ngarbage\n'),
+        "ja.po:2: invalid translation file",
+    ),
+    "a folder named like a content file": (
+        ["build"],
+        ("content/news/folder.md/", ""),
+        "folder.md: cannot read: Is a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(project: Project, case: str) -> None:
+    args, write, expected = BAD_INPUTS[case]
+    if write:
+        relative, text = write
+        path = project.root / relative
+        if relative.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.write_text(text)
+    result = run_script("-C", str(project.root), *args)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert expected in lines[0]
+
+
+def test_unwritable_outbox_is_named(project: Project) -> None:
+    project.outbox_dir.mkdir()
+    (project.outbox_dir / "2026-11").write_text("a file where a folder must go")
+    result = run_script("-C", str(project.root), "build", "--now", NOW_ISO)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "outbox/2026-11" in result.stderr

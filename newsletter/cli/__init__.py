@@ -18,7 +18,7 @@ import click
 from newsletter import __version__
 from newsletter.config import load_config
 from newsletter.dates import Period, parse_now
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, Problem
 from newsletter.project import Project
 
 
@@ -28,7 +28,11 @@ class Context:
         self.verbose = verbose
 
     def now(self, text: str | None) -> datetime:
-        return parse_now(text, load_config(self.project.root).tz)
+        tz = load_config(self.project.root).tz
+        try:
+            return parse_now(text, tz)
+        except ValueError as exc:
+            raise NewsletterError(Problem(str(exc), field="--now")) from None
 
 
 def period_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Period | None:

@@ -11,7 +11,7 @@ import click
 
 from newsletter.cli import NOW_HELP, Context
 from newsletter.config import load_config
-from newsletter.dates import parse_moment
+from newsletter.dates import parse_moment, parse_now
 from newsletter.errors import NewsletterError, Problem
 from newsletter.events import KINDS
 from newsletter.timeline import project_timeline
@@ -81,7 +81,7 @@ def _print_error(error: NewsletterError) -> None:
 def _day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
         try:
-            parse_moment(value, UTC)
+            parse_now(value, UTC)  # same syntax and year range as --now
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
     return value
@@ -121,6 +121,10 @@ def events_command(
     moment = obj.now(now)
     begin = parse_moment(start, config.tz) if start else moment - timedelta(days=30)
     finish = parse_moment(end, config.tz) if end else moment + timedelta(days=60)
+    if finish <= begin:
+        raise click.UsageError(
+            f"--to ({finish:%Y-%m-%d %H:%M}) must come after --from ({begin:%Y-%m-%d %H:%M})"
+        )
     rows = project_timeline(obj.project, begin, finish, moment, kinds)
     if as_json:
         for row in rows:
