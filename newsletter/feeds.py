@@ -64,17 +64,18 @@ ALLOWED_TAGS = {
     "ol",
     "li",
     "blockquote",
-    "img",
     "h3",
     "h4",
     "code",
     "pre",
     "span",
 }
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height"}}
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}}
+"""No images: a feed's pictures would be remote, unsized and often trackers in a subscriber's
+mailbox; the story's link leads to them."""
 URL_SCHEMES = {"http", "https", "mailto"}
 _DROP_WITH_CONTENT = {"script", "style"}
-_URL_ATTRIBUTES = {("a", "href"), ("img", "src")}
+_URL_ATTRIBUTES = {("a", "href")}
 _BLOCK_TAG = re.compile(r"<(?=/?(?:p|br|li|h[1-6]|blockquote|pre|ul|ol|div|tr|td)\b)", re.I)
 _SPACE = re.compile(r"\s+")
 
@@ -442,7 +443,9 @@ def _read_limited(response: Any, max_bytes: int, deadline: float, timeout: float
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise FeedError(_too_big(max_bytes))
     chunks, total = [], 0
-    while chunk := response.read(_CHUNK):
+    # read1 returns what has arrived (one recv at most), so the deadline is checked between
+    # drips; read(n) would wait for all n bytes, however slowly they come.
+    while chunk := response.read1(_CHUNK):
         total += len(chunk)
         if total > max_bytes:
             raise FeedError(_too_big(max_bytes))

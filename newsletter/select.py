@@ -21,7 +21,7 @@ from newsletter.content import (
 )
 from newsletter.dates import PartialDate, Period
 from newsletter.errors import Problem
-from newsletter.feeds import FeedEntry
+from newsletter.feeds import FeedEntry, normalise_link
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ class NewsStory:
     entry: FeedEntry | None = None
     text: str | None = None
     """The summary of a content item (translated by render); feed entries carry their own."""
+
+    @property
+    def keys(self) -> set[str]:
+        """What identifies this story across issues: its own key, and its normalised link, so
+        the same article under another GUID or with tracking parameters is still a repeat."""
+        return {self.key, f"link:{normalise_link(self.link)}"} if self.link else {self.key}
 
     @property
     def summary_html(self) -> str:
@@ -92,7 +98,7 @@ class Selection:
     @property
     def news_keys(self) -> list[str]:
         news = self.section("news")
-        return [story.key for story in news.entries] if news else []
+        return sorted({key for story in news.entries for key in story.keys}) if news else []
 
 
 def select_issue(
@@ -198,7 +204,7 @@ def news_for(
             stories.append(
                 NewsStory(entry.key, entry.title, entry.link, day, entry.source, entry=entry)
             )
-    fresh = [s for s in stories if s.key not in already_sent]
+    fresh = [s for s in stories if not s.keys & already_sent]
     return sorted(fresh, key=lambda s: (s.date, s.key), reverse=True)
 
 

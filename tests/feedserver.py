@@ -34,6 +34,8 @@ class Route:
     gzip: bool = False
     content_length: bool = True
     headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0
+    """Seconds between single bytes of the body: a server that answers, but too slowly."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class FeedServer:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.trickled: dict[str, int] = {}
+        """Bytes of a trickled body written before the client hung up, by path."""
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True  # a sleeping handler must never block the test run
         self._thread = threading.Thread(
@@ -169,7 +173,19 @@ def _handler_for(server: FeedServer) -> type[BaseHTTPRequestHandler]:
             if route.content_length:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not route.trickle:
+                self.wfile.write(body)
+                return
+            path = self.path.split("?")[0]
+            for index in range(len(body)):
+                if server._stopping.wait(route.trickle):
+                    return
+                try:
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return  # the client gave up, as it should
+                server.trickled[path] = index + 1
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output clean

@@ -299,3 +299,32 @@ def test_missing_translation_is_a_warning_not_a_failure(project: Project) -> Non
     )
     text = (japanese.directory / "digest.txt").read_text(encoding="utf-8")
     assert "Quantum sensing and metrology for industry" in text
+
+
+def test_a_story_is_not_repeated_under_another_guid_or_link_form(project: Project) -> None:
+    """The same article, re-published with a new GUID and a differently written link."""
+    feed = project.content_dir / "feeds" / "cooperation-bulletin.rdf"
+    original = feed.read_text(encoding="utf-8")
+    story = (
+        '<item rdf:about="https://news.example.org/story?utm_source=rss">'
+        "<title>{title}</title><link>{link}</link><description>Once</description>"
+        "<dc:date>{date}</dc:date></item>"
+    )
+    first = story.format(
+        title="Story first time",
+        date="2026-11-24T09:00:00+00:00",
+        link="https://news.example.org/story?utm_source=rss",
+    )
+    feed.write_text(original.replace("</rdf:RDF>", first + "</rdf:RDF>"), encoding="utf-8")
+    build(project, now=NOW)
+    november = (project.outbox_dir / "2026-11" / "en" / "digest.txt").read_text()
+    assert "Story first time" in november
+    again = story.format(
+        title="Story second time",
+        date="2026-12-02T09:00:00+00:00",
+        link="https://NEWS.example.org/story/",
+    ).replace("story?utm_source=rss", "story-v2")
+    feed.write_text(original.replace("</rdf:RDF>", again + "</rdf:RDF>"), encoding="utf-8")
+    build(project, period=Period(2026, 12), now=NOW.replace(month=12, day=3))
+    december = (project.outbox_dir / "2026-12" / "en" / "digest.txt").read_text()
+    assert "Story second time" not in december
