@@ -14,13 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from newsletter.build import build, build_alert
+from newsletter.actions import ACTIONS, Sender
 from newsletter.config import Config, load_config
-from newsletter.content import load_content
-from newsletter.dates import Period
 from newsletter.errors import NewsletterError
 from newsletter.events import EVENT_LOG_NAME, ActionRecord, Dispatcher, Event, EventLog
 from newsletter.project import Project
@@ -64,13 +62,6 @@ class ManualClock:
 
     def advance(self, delta: timedelta) -> None:
         self.current += delta
-
-
-ALERT_GRACE = timedelta(hours=24)
-"""A deadline alert more than this late (the watcher was down) is dropped, not sent late."""
-
-Sender = Callable[[Project, str], str]
-"""Sends the built issue `outbox/<issue id>/`; returns a one-line outcome or raises."""
 
 
 def send_with_ledger(project: Project, issue_id: str) -> str:
@@ -182,7 +173,11 @@ class Watcher:
 
     def _run(self, action: ActionRecord, config: Config, now: datetime) -> tuple[str, str, str]:
         try:
-            status, outcome = self._carry_out(action, now)
+            handler = ACTIONS.get(action.action)
+            if handler is None:
+                raise NewsletterError(f"unknown action {action.action!r} in the event log")
+            result = handler.run(self.project, action.params, now, self.sender)
+            status, outcome = result.status, result.summary
         except Exception as exc:  # a failed action must never stop the watcher
             outcome = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if action.attempts + 1 >= config.watch.max_attempts:
@@ -200,46 +195,6 @@ class Watcher:
             self.log.supersede(action, now)
         log.info("%s %s: %s", action.key, status, outcome)
         return action.key, status, outcome
-
-    def _carry_out(self, action: ActionRecord, now: datetime) -> tuple[str, str]:
-        params = action.params
-        if action.action in ("digest", "draft"):
-            moment = datetime.fromisoformat(params["now"])
-            result = build(self.project, period=Period.parse(params["period"]), now=moment)
-            outcome = f"built {result.period} ({', '.join(i.language for i in result.issues)})"
-            if action.action == "digest" and params.get("send"):
-                outcome += "; " + self.sender(self.project, str(result.period))
-            return "done", outcome
-        if action.action == "alert":
-            late = now - datetime.fromisoformat(params["now"])
-            if late > ALERT_GRACE:
-                return "expired", f"{late} late: its days left would be wrong, so not sent"
-            if not self._any_open(params["calls"], now):
-                return "expired", "every call in the alert closed before it could go out"
-            built = build_alert(
-                self.project,
-                call_ids=params["calls"],
-                lead_days=params["lead_days"],
-                day=date.fromisoformat(params["day"]),
-                now=datetime.fromisoformat(params["now"]),
-            )
-            if built is None:
-                return "expired", "every call in the alert has closed"
-            issue_id, _issues = built
-            outcome = f"built {issue_id}"
-            if params.get("send"):
-                outcome += "; " + self.sender(self.project, issue_id)
-            return "done", outcome
-        raise NewsletterError(f"unknown action {action.action!r}")
-
-    def _any_open(self, call_ids: list[str], now: datetime) -> bool:
-        config = load_config(self.project.root)
-        content = load_content(
-            self.project.content_dir,
-            config.newsletter.languages,
-            config.newsletter.default_language,
-        )
-        return any(c.deadline > now for c in content.calls if c.id in set(call_ids))
 
     def run(
         self,

@@ -423,3 +423,10 @@ def test_sigkill_during_an_auto_send_then_restart_delivers_each_once(
         # Everyone has the November digest; at most the message in flight went out twice.
         assert sum(digests.values()) - len(addresses) <= 1
         assert all(n == 1 for (_r, s), n in copies.items() if "Digest" not in s)
+
+
+def test_every_configured_action_has_an_implementation() -> None:
+    from newsletter.actions import ACTIONS
+    from newsletter.config import ACTIONS as CONFIGURABLE
+
+    assert set(CONFIGURABLE) == set(ACTIONS)
