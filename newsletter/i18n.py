@@ -103,9 +103,10 @@ def format_day(
             return format_skeleton("yMMMM", value.first_day, locale=language)
         value = value.first_day
     if isinstance(value, datetime):
-        return (
-            f"{format_date(value.date(), style, locale=language)}, {format_time(value, language)}"
-        )
+        # "3 December 2026, 17:00 CET" but "2026年12月3日 17:00 ベルギー時間": CJK takes no comma.
+        separator = " " if language.split("_")[0] in ("ja", "zh", "ko") else ", "
+        day = format_date(value.date(), style, locale=language)
+        return f"{day}{separator}{format_time(value, language)}"
     return format_date(value, style, locale=language)
 
 
