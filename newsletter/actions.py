@@ -84,14 +84,9 @@ class Digest:
     def run(
         self, project: Project, params: dict[str, Any], now: datetime, sender: Sender
     ) -> Outcome:
-        result = build(
-            project,
-            period=Period.parse(params["period"]),
-            now=datetime.fromisoformat(params["now"]),
-        )
-        summary = f"built {result.period} ({', '.join(i.language for i in result.issues)})"
+        period, summary = _build_period(project, params)
         if params.get("send"):
-            summary += "; " + sender(project, str(result.period))
+            summary += "; " + sender(project, period)
         return Outcome("done", summary)
 
 
@@ -117,14 +112,7 @@ class Draft:
     def run(
         self, project: Project, params: dict[str, Any], now: datetime, sender: Sender
     ) -> Outcome:
-        result = build(
-            project,
-            period=Period.parse(params["period"]),
-            now=datetime.fromisoformat(params["now"]),
-        )
-        return Outcome(
-            "done", f"built {result.period} ({', '.join(i.language for i in result.issues)})"
-        )
+        return Outcome("done", _build_period(project, params)[1])
 
 
 class Alert:
@@ -180,6 +168,16 @@ class Alert:
         if params.get("send"):
             summary += "; " + sender(project, issue_id)
         return Outcome("done", summary)
+
+
+def _build_period(project: Project, params: dict[str, Any]) -> tuple[str, str]:
+    """Build `params["period"]` as of `params["now"]`; the period and a one-line summary."""
+    result = build(
+        project, period=Period.parse(params["period"]), now=datetime.fromisoformat(params["now"])
+    )
+    return str(result.period), (
+        f"built {result.period} ({', '.join(i.language for i in result.issues)})"
+    )
 
 
 def _any_open(project: Project, call_ids: list[str], now: datetime) -> bool:
