@@ -78,22 +78,33 @@ class Ledger:
         with self._lock:
             self.db.execute(sql, args)
 
-    def claim(self, issue: str, email: str, language: str, message_id: str) -> None:
-        """Record that the message is about to go out; committed before the first byte."""
-        self._write(
-            "INSERT INTO deliveries (issue, email, language, state, attempts, message_id, updated)"
-            " VALUES (?, ?, ?, 'sending', 1, ?, ?) ON CONFLICT (issue, email) DO UPDATE SET"
-            " state = 'sending', attempts = attempts + 1, language = excluded.language,"
-            " message_id = excluded.message_id, updated = excluded.updated",
-            (issue, email, language, message_id, now_stamp()),
-        )
+    def claim(self, issue: str, email: str, language: str, message_id: str) -> bool:
+        """Record that the message is about to go out; committed before the first byte.
+
+        False, and nothing changes, when the row is already final (`sent` or `failed`, by
+        another run): the caller must then not send. A `sending` row left by a run that died
+        is claimed again (its message is the one in doubt); two live runs of one issue are
+        kept apart by the send lock, not here.
+        """
+        with self._lock:
+            cursor = self.db.execute(
+                "INSERT INTO deliveries"
+                " (issue, email, language, state, attempts, message_id, updated)"
+                " VALUES (?, ?, ?, 'sending', 1, ?, ?) ON CONFLICT (issue, email) DO UPDATE SET"
+                " state = 'sending', attempts = attempts + 1, language = excluded.language,"
+                " message_id = excluded.message_id, updated = excluded.updated"
+                " WHERE deliveries.state IN ('sending', 'pending')",
+                (issue, email, language, message_id, now_stamp()),
+            )
+            return cursor.rowcount == 1
 
     def settle(self, issue: str, email: str, state: str, reply: str = "") -> None:
-        """The outcome of the last claim: sent, failed or pending."""
+        """The outcome of the last claim: sent, failed or pending (a `sent` row stays so)."""
         if state not in STATES[1:]:
             raise ValueError(state)
         self._write(
-            "UPDATE deliveries SET state = ?, reply = ?, updated = ? WHERE issue = ? AND email = ?",
+            "UPDATE deliveries SET state = ?, reply = ?, updated = ? "
+            "WHERE issue = ? AND email = ? AND state != 'sent'",
             (state, reply[:500], now_stamp(), issue, email),
         )
 

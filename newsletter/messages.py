@@ -10,8 +10,10 @@ Joining separately encoded pieces must still decode as one body:
   soft one, `=` CRLF), so the next piece starts a fresh line and no escape or line is split;
 - base64: every piece but the last is a multiple of three bytes; a value is encoded together
   with the bytes around it that make it so (three precomputed alignments per constant piece).
-Every line is at most 76 characters, and none starts with a dot, so the bytes go to SMTP DATA
-as they are, with no transparency pass.
+Every body line is at most 76 characters; header lines are folded (RFC 5322) to 78 characters
+where they can be, and are never longer than 998 octets (an unsubscribe URL, which RFC 2369
+forbids folding, has a line of its own). No line starts with a dot, so the bytes go to SMTP
+DATA as they are, with no transparency pass.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -242,37 +241,122 @@ def _canonical(text: str) -> bytes:
 
 # headers
 
+_FOLD = 78
+"""RFC 5322's recommended line length: headers are folded to it where they can be."""
+_MAX_LINE = 998
+"""RFC 5322's hard limit (without the CRLF); no header line is ever longer."""
+_EW_BYTES = 39
+"""UTF-8 bytes per RFC 2047 encoded word: 52 base64 characters, 64 with the delimiters (the
+limit is 75), so an encoded word fits on a line even after `Subject: ` or `List-Id: `."""
+_LONG_WORD = 70
+"""An ASCII word longer than this cannot be folded onto a line of its own within 78
+characters: such a text goes out as encoded words instead, which can be split anywhere."""
+_MAX_ADDRESS = 254
+"""RFC 5321's limit on a forward path, which keeps every header that holds an address (or a
+token made from one) under 998 octets."""
+
+
+def _encoded_words(text: str) -> list[str]:
+    """`text` as RFC 2047 B-encoded words of whole characters, each at most 64 characters.
+    Decoders drop the folding white space between adjacent encoded words, so the words
+    decode to exactly `text`."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for char in text:
+        width = len(char.encode())
+        if size + width > _EW_BYTES:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    words.append("".join(chunk))
+    return [
+        f"=?utf-8?b?{binascii.b2a_base64(w.encode(), newline=False).decode('ascii')}?="
+        for w in words
+    ]
+
+
+def _plain_words(text: str) -> list[str] | None:
+    """The words of a one-line ASCII text that may go into a header as they are, or None
+    when the text needs encoded words (not ASCII, a word too long to fold, or something a
+    reader would take for an encoded word)."""
+    if not text.isascii() or "=?" in text:
+        return None
+    words = text.split(" ")
+    if any(len(word) > _LONG_WORD for word in words):
+        return None
+    return words
+
+
+def phrase_words(text: str) -> list[str]:
+    """A display name (RFC 5322 phrase) as the words of a header: atoms as they are, a name
+    with specials as a quoted string (split at its spaces, where it may be folded), anything
+    else as encoded words. Control characters and line breaks become spaces first."""
+    text = clean_name(text)
+    if not text:
+        return []
+    words = _plain_words(text)
+    if words is None:
+        return _encoded_words(text)
+    if _ATOM.fullmatch(text):
+        return words
+    quoted = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted.split(" ")
+
+
+def text_words(text: str) -> list[str]:
+    """An unstructured header value (Subject) as words, folded at its spaces; encoded words
+    when it is not ASCII or has a word too long to fold."""
+    text = clean_name(text)
+    words = _plain_words(text)
+    return _encoded_words(text) if words is None else words
+
+
+def fold(name: str, words: list[str]) -> bytes:
+    """`Name: word word …` CRLF, with a fold (CRLF and a space, which unfolding removes)
+    before any word that would take its line past 78 characters. A single word longer than
+    that (a URL) gets a line of its own; ValueError if a line would still pass 998 octets."""
+    lines: list[str] = []
+    line = f"{name}:"
+    bare = True
+    for word in words:
+        if not bare and len(line) + 1 + len(word) > _FOLD:
+            lines.append(line)
+            line = ""
+        line = f"{line} {word}"
+        bare = False
+    lines.append(line)
+    if any(len(line) > _MAX_LINE for line in lines):
+        raise ValueError(f"the {name} header has a word longer than {_MAX_LINE} octets")
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
 
 def encode_phrase(text: str) -> str:
-    """A display name for an address header: plain, quoted, or RFC 2047 encoded words."""
-    if not text:
-        return ""
-    if text.isascii():
-        if _ATOM.fullmatch(text):
-            return text
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    words = []
-    chunk = ""
-    for char in text:
-        if len((chunk + char).encode()) > 45:
-            words.append(chunk)
-            chunk = ""
-        chunk += char
-    words.append(chunk)
-    encoded = (binascii.b2a_base64(w.encode(), newline=False).decode("ascii") for w in words)
-    return "\r\n ".join(f"=?utf-8?b?{w}?=" for w in encoded)
+    """A display name for an address header: plain, quoted, or RFC 2047 encoded words
+    (unfolded; `fold` may break it at any of its spaces)."""
+    return " ".join(phrase_words(text))
 
 
-def address_header(name: str, email: str) -> bytes:
-    """`To:` for one recipient; a name cannot add a header, an odd address is refused."""
-    if not _SAFE_ADDRESS.fullmatch(email):
+def _check_address(email: str) -> str:
+    if len(email) > _MAX_ADDRESS or not _SAFE_ADDRESS.fullmatch(email):
         raise ValueError(f"refusing to put {email!r} in a header")
-    phrase = encode_phrase(clean_name(name))
-    if not phrase:
-        return f"To: {email}\r\n".encode()
-    last_line = phrase.rpartition("\n")[2]
-    fold = " " if len(last_line) + len(email) + 7 <= 78 else "\r\n "
-    return f"To: {phrase}{fold}<{email}>\r\n".encode()
+    return email
+
+
+def address_header(name: str, email: str, field: str = "To") -> bytes:
+    """`To:` (or `field`) for one address; a name cannot add a header, an odd address is
+    refused, and a long name is folded (never a line over 998 octets)."""
+    _check_address(email)
+    if not name:
+        return f"{field}: {email}\r\n".encode()
+    words = phrase_words(name)
+    if not words:
+        return f"{field}: {email}\r\n".encode()
+    line = f"{field}: {' '.join(words)} <{email}>"
+    if len(line) <= _FOLD:
+        return f"{line}\r\n".encode()
+    return fold(field, [*words, f"<{email}>"])
 
 
 # the issue
@@ -322,6 +406,7 @@ class IssueMessages:
         self.text = compile_body(personal_text)
         self.html = compile_body(personal_html)
         boundary = "=_nl_" + hashlib.sha256(f"{period}\0{language}".encode()).hexdigest()[:24]
+        self._check_link_lengths()
         self._head = self._constant_headers(when, boundary)
         self._text_head = _part_head(boundary, "plain", self.text.cte, first=True)
         self._html_head = _part_head(boundary, "html", self.html.cte, first=False)
@@ -330,22 +415,39 @@ class IssueMessages:
         self._view = (self.text.encode_value(view), self.html.encode_value(_escape(view_url)))
 
     def _constant_headers(self, when: datetime, boundary: str) -> bytes:
-        head = EmailMessage(policy=SMTP)
+        """Every header that is the same for all recipients, folded (RFC 5322)."""
         letterhead = self.letterhead
-        head["From"] = Address(
-            clean_name(letterhead.sender_name), addr_spec=letterhead.sender_email
-        )
-        if letterhead.reply_to:
-            head["Reply-To"] = letterhead.reply_to
-        head["Subject"] = self.subject
-        head["Date"] = format_datetime(when)
-        head["List-Id"] = f"{clean_name(letterhead.list_name)} <{letterhead.list_id}>"
-        head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        head["Content-Language"] = self.language
-        head["MIME-Version"] = "1.0"
-        head["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
-        block = head.as_bytes(policy=SMTP)
-        return block[: block.index(b"\r\n\r\n") + 2] + CRLF
+        try:
+            lines = [
+                address_header(letterhead.sender_name, letterhead.sender_email, "From"),
+                address_header("", letterhead.reply_to, "Reply-To") if letterhead.reply_to else b"",
+                fold("Subject", text_words(self.subject)),
+                f"Date: {format_datetime(when)}\r\n".encode(),
+                fold("List-Id", [*phrase_words(letterhead.list_name), f"<{letterhead.list_id}>"]),
+                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                fold("Content-Language", [self.language]),
+                b"MIME-Version: 1.0\r\n",
+                f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode(),
+            ]
+        except ValueError as exc:
+            raise NewsletterError(Problem(f"cannot make the message headers: {exc}")) from None
+        return b"".join(lines) + CRLF
+
+    def _check_link_lengths(self) -> None:
+        """The unsubscribe links must each fit on one header line (RFC 2369 forbids folding
+        inside the angle brackets) for the longest possible address."""
+        token = len(tokens.sign(self._secret, self._scope, "x" * _MAX_ADDRESS))
+        letterhead = self.letterhead
+        https = len("List-Unsubscribe: <?token=>,") + len(letterhead.unsubscribe_url) + token
+        mailto = len(" <mailto:?subject=unsubscribe%20>") + len(letterhead.unsubscribe_mailto)
+        if https > _MAX_LINE:
+            raise NewsletterError(
+                Problem("too long for an email header", field="mailing.unsubscribe_url")
+            )
+        if mailto + token > _MAX_LINE:
+            raise NewsletterError(
+                Problem("too long for an email header", field="mailing.unsubscribe_mailto")
+            )
 
     def message_id(self, email: str) -> str:
         """The same Message-ID every time for one issue and recipient: a copy re-sent after a
@@ -355,7 +457,9 @@ class IssueMessages:
         return f"<{digest}.{self.period}@{self._domain}>"
 
     def render(self, recipient: Recipient, *, message_id: str | None = None) -> bytes:
-        """The complete message (CRLF, every line at most 76 octets, dot-safe)."""
+        """The complete message: CRLF line ends, body lines at most 76 characters, header
+        lines folded to 78 where they can be and never over 998 octets, no line starting
+        with a dot (so it goes to DATA as it is)."""
         email = recipient.email
         token = tokens.sign(self._secret, self._scope, email)
         link = f"{self.letterhead.unsubscribe_url}?token={token}"
@@ -415,6 +519,15 @@ def _cached_greeting(gettext: Callable[..., str]) -> Callable[[str], str]:
     return lambda name: personal.greeting(name, cached)
 
 
+def is_built(directory: Path) -> bool:
+    """Whether `outbox/<period>/<lang>/` holds what sending needs."""
+    return (
+        read_manifest(directory) is not None
+        and (directory / "personal.html").is_file()
+        and (directory / "personal.txt").is_file()
+    )
+
+
 def load_issue(
     directory: Path,
     *,
@@ -427,7 +540,7 @@ def load_issue(
     """Compile `outbox/<period>/<lang>/` for sending; NewsletterError if it is not built."""
     manifest = read_manifest(directory)
     html_path, text_path = directory / "personal.html", directory / "personal.txt"
-    if manifest is None or not html_path.is_file() or not text_path.is_file():
+    if manifest is None or not is_built(directory):
         period, language = directory.parent.name, directory.name
         raise NewsletterError(
             Problem(

@@ -6,14 +6,25 @@ records the outcome before it takes the next one; so after a crash at most one m
 connection has an unknown fate. Temporary failures go back in the queue with a growing delay and
 stay `pending` for the next run once the attempts are used up; a permanent refusal of one
 recipient is recorded and the rest go on; a refusal of the whole session stops the run.
+
+Telling the two apart matters: charging a refusal of the mailing to each recipient would mark
+the whole list failed (or bounced). So a refusal that names the session (relaying denied,
+authentication required, 5xx to MAIL FROM or DATA) stops the run at once with the recipient
+left pending; and a refusal of one recipient is only recorded as `failed` once the server has
+shown it takes mail from us: refusals in a row are held as `pending` until a message goes
+through, and `CONSECUTIVE_REFUSALS` of them in a row stop the run, left pending.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import heapq
 import ipaddress
 import itertools
 import os
+import re
 import smtplib
 import socket
 import ssl
@@ -30,7 +41,7 @@ from newsletter.dates import Period
 from newsletter.errors import NewsletterError, Problem
 from newsletter.i18n import load_translator
 from newsletter.ledger import Due, Ledger
-from newsletter.messages import IssueMessages, Letterhead, Recipient, load_issue
+from newsletter.messages import IssueMessages, Letterhead, Recipient, is_built, load_issue
 from newsletter.project import Project
 from newsletter.render import localized
 from newsletter.subscribers import (
@@ -42,10 +53,16 @@ from newsletter.subscribers import (
 )
 from newsletter.tokens import SECRET_VARIABLE, secret_from_env
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run lock
+    fcntl = None  # type: ignore[assignment]
+
 PASSWORD_VARIABLE = "NEWSLETTER_SMTP_PASSWORD"
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
-CONSECUTIVE_REFUSALS = 25
-"""A server that refuses this many messages in a row refuses the mailing, not the recipients."""
+CONSECUTIVE_REFUSALS = 10
+"""A server that refuses this many recipients or messages in a row, with none accepted in
+between, refuses the mailing, not the recipients: the run stops and they stay pending."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +297,16 @@ class Connection:
         if stage == "DATA":
             raise NewsletterError(Problem(f"the SMTP server {self.target} refused DATA: {reply}"))
         if stage == "RCPT":
-            raise PermanentFailure(reply, bounce=_is_bounce(code, text))
+            kind = rcpt_refusal(code, text)
+            if kind == "session":
+                raise NewsletterError(
+                    Problem(
+                        f"the SMTP server {self.target} refuses this mailing: it answered "
+                        f"{reply} to a recipient (check smtp.host, the login and the sender "
+                        "the relay allows); nobody was marked failed"
+                    )
+                )
+            raise PermanentFailure(reply, bounce=kind == "mailbox")
         raise PermanentFailure(reply, content=True)
 
     def _reset(self) -> None:
@@ -307,12 +333,40 @@ def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
     smtp.login(user, password)
 
 
-def _is_bounce(code: int, text: bytes) -> bool:
-    """A mailbox that does not exist (RFC 3463 class 5.1.x), as opposed to a policy refusal."""
-    enhanced = text.split(b" ", 1)[0]
-    if enhanced[:2] == b"5." and enhanced.count(b".") == 2:
-        return enhanced.startswith(b"5.1.")
-    return code in (550, 551, 553)
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_NO_MAILBOX_CODES = ("5.1.0", "5.1.1")
+"""RFC 3463: other address status, bad destination mailbox address."""
+_NO_MAILBOX_WORDS = re.compile(
+    r"user unknown|unknown user|no such (?:user|mailbox|recipient)|mailbox unavailable"
+    r"|mailbox not found|unknown (?:mailbox|recipient)|recipient unknown",
+    re.IGNORECASE,
+)
+_SESSION_WORDS = re.compile(
+    r"\brelay|authenticat|\bauth(?:orization)? required|must (?:be )?(?:authenticated|log ?in)",
+    re.IGNORECASE,
+)
+
+
+def rcpt_refusal(code: int, text: bytes | str) -> str:
+    """What a 5xx reply to RCPT refuses: `mailbox` (the address does not exist: mark it
+    bounced), `session` (relaying or authentication: the whole mailing is refused; stop), or
+    `recipient` (anything else: this recipient fails, the others go on).
+
+    Conservative about `mailbox`: only RFC 3463 codes 5.1.0/5.1.1, or, without an enhanced
+    code, 550/551/553 with "user unknown", "no such user", "mailbox unavailable" or the like.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    first = text.split(None, 1)[0] if text.strip() else ""
+    enhanced = first if _ENHANCED.fullmatch(first) else None
+    if enhanced is not None:
+        if enhanced in _NO_MAILBOX_CODES:
+            return "mailbox"
+    elif code in (550, 551, 553) and _NO_MAILBOX_WORDS.search(text):
+        return "mailbox"
+    if code == 530 or _SESSION_WORDS.search(text):
+        return "session"
+    return "recipient"
 
 
 def _why(exc: BaseException) -> str:
@@ -347,7 +401,9 @@ class Progress:
 @dataclass
 class SendReport:
     """What a run did. `skipped`: handled by an earlier run; `remaining`: not reached (--limit,
-    or the run stopped); `resent`: messages in flight when an earlier run died, sent again."""
+    or the run stopped); `resent`: messages in flight when an earlier run died, sent again;
+    `interrupted`: stopped by Ctrl-C; `in_doubt`: messages still in flight when an interrupted
+    run gave up waiting for them (their rows say `sending`; the next run sends them again)."""
 
     period: str
     languages: list[str]
@@ -361,17 +417,28 @@ class SendReport:
     elapsed: float = 0.0
     dry_run: bool = False
     test_to: str | None = None
+    interrupted: bool = False
+    in_doubt: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.pending
+        return not self.failed and not self.pending and not self.interrupted
 
     @property
     def rate(self) -> float:
         handled = self.sent + self.failed + self.pending
         return handled / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class SendInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a send, after the workers recorded the messages in hand: a
+    KeyboardInterrupt (whatever stops on Ctrl-C still stops) carrying the report so far."""
+
+    def __init__(self, report: SendReport):
+        super().__init__()
+        self.report = report
 
 
 class _Work:
@@ -422,6 +489,10 @@ class _Work:
         with self._cond:
             return len(self._retries)
 
+    def busy(self) -> int:
+        with self._cond:
+            return self._busy
+
     def stop(self, error: BaseException | None = None) -> None:
         with self._cond:
             if error is not None and self.error is None:
@@ -449,6 +520,14 @@ class _Pacer:
             stopping.wait(slot - now)
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """A permanent refusal held back until the server shows it takes mail from us."""
+
+    email: str
+    failure: PermanentFailure
+
+
 class _Run:
     def __init__(
         self,
@@ -465,6 +544,7 @@ class _Run:
         max_attempts: int,
         retry_delay: float,
         report: SendReport,
+        accepted_before: bool = False,
     ):
         self.period = period
         self.issues = issues
@@ -479,13 +559,16 @@ class _Run:
         self.pacer = _Pacer(rate)
         self.report = report
         self._lock = threading.Lock()
-        self._refusals = 0
+        self._held: list[_Refusal] = []
+        """Permanent refusals since the last accepted message, recorded `pending` for now."""
+        self._accepted = accepted_before
         self._active = 0
         self._local_hostname = socket.getfqdn()
 
     def execute(self, progress: Callable[[Progress], None] | None, total: int) -> None:
         """Run the workers to the end. On Ctrl-C each finishes and records the message in
-        hand, then KeyboardInterrupt goes on up."""
+        hand; the report then says `interrupted` (and how many messages are still in doubt
+        if a worker did not finish in time), and `send_issue` raises SendInterrupted."""
         started = time.monotonic()
         self._active = self.connections
         for index in range(self.connections):
@@ -496,29 +579,39 @@ class _Run:
                 if progress:
                     progress(self._progress(total, started))
         except KeyboardInterrupt:
+            self.report.interrupted = True
             self.work.stop()
             deadline = time.monotonic() + self.target.timeout + 5
             while self._running() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            raise
+            self.report.in_doubt = self.work.busy()
         finally:
             self.report.elapsed = time.monotonic() - started
             self.report.pending += self.work.waiting()
+        if self.work.error is None and not self.report.interrupted:
+            self._judge_held_at_end()
+        else:
+            self._leave_held_pending()
         if progress:
             progress(self._progress(total, started))
         if self.work.error is not None:
             error = self.work.error
             if isinstance(error, NewsletterError):
-                done = f"{self.report.sent} sent, {self.report.failed} failed before it stopped"
-                raise NewsletterError(
-                    [*error.problems, Problem(f"{done}; the same command resumes the mailing")]
+                r = self.report
+                done = (
+                    f"{r.sent} sent, {r.failed} failed before it stopped"
+                    if r.sent or r.failed
+                    else "nothing was sent"
                 )
+                *first, last = error.problems
+                message = f"{last.message}; {done}; the same command resumes the mailing"
+                raise NewsletterError([*first, dataclasses.replace(last, message=message)])
             raise error
 
     def _progress(self, total: int, started: float) -> Progress:
         r = self.report
         with self._lock:
-            done = r.sent + r.failed + r.pending
+            done = r.sent + r.failed + r.pending + len(self._held)
             return Progress(done, total, r.sent, r.failed, r.pending, time.monotonic() - started)
 
     def _worker(self) -> None:
@@ -551,17 +644,26 @@ class _Run:
         issue = self.issues[job.language]
         message_id = issue.message_id(due.email)
         data = issue.render(Recipient(due.email, due.name), message_id=message_id)
-        self.pacer.wait(self.work.stopping)
         try:
             connection.open()
         except BaseException:
             self.work.finish(job)
             raise
-        self.ledger.claim(self.period, due.email, job.language, message_id)
+        self.pacer.wait(self.work.stopping)
+        if self.work.stopping.is_set():  # stopped while waiting for its turn: not sent
+            self.work.finish(job)
+            return
+        if not self.ledger.claim(self.period, due.email, job.language, message_id):
+            with self._lock:  # settled by another run meanwhile (only without the lock)
+                self.report.skipped += 1
+            self.work.finish(job)
+            return
         try:
             reply = connection.deliver(due.email, data)
         except NewsletterError as exc:
             self.ledger.settle(self.period, due.email, "pending", str(exc))
+            with self._lock:
+                self.report.pending += 1
             self.work.finish(job)
             raise
         except TemporaryFailure as exc:
@@ -576,23 +678,10 @@ class _Run:
                 self.work.finish(job)
             return
         except PermanentFailure as exc:
-            self.ledger.settle(self.period, due.email, "failed", exc.reply)
-            if exc.bounce:
-                with self._lock:
-                    self.mailing_list.set_status(due.email, "bounced", exc.reply)
-            with self._lock:
-                self.report.failed += 1
-                self.report.failures.append((due.email, exc.reply))
-                self._refusals = self._refusals + 1 if exc.content else 0
-                refusals = self._refusals
-            self.work.finish(job)
-            if refusals >= CONSECUTIVE_REFUSALS:
-                raise NewsletterError(
-                    Problem(
-                        f"the SMTP server {self.target} refused {refusals} messages in a row "
-                        f"(last: {exc.reply}); stopping"
-                    )
-                ) from None
+            try:
+                self._refused(due.email, exc)
+            finally:
+                self.work.finish(job)
             return
         except BaseException:
             self.work.finish(job)
@@ -601,8 +690,76 @@ class _Run:
         with self._lock:
             self.report.sent += 1
             self.report.bytes += len(data)
-            self._refusals = 0
+            self._accepted = True
+            held, self._held = self._held, []
+        self._confirm(held)
         self.work.finish(job)
+
+    def _refused(self, email: str, failure: PermanentFailure) -> None:
+        """Hold a permanent refusal as `pending` until a later message is accepted (then it
+        is confirmed `failed`); too many in a row stop the run, leaving them pending."""
+        self.ledger.settle(self.period, email, "pending", failure.reply)
+        with self._lock:
+            self._held.append(_Refusal(email, failure))
+            if len(self._held) < CONSECUTIVE_REFUSALS:
+                return
+            held, self._held = self._held, []  # out of reach of a later `_confirm`
+            count = len(held)
+            self.report.pending += count
+            for refusal in held:
+                self.report.failures.append((refusal.email, f"pending: {refusal.failure.reply}"))
+        raise NewsletterError(
+            Problem(
+                f"the SMTP server {self.target} refused {count} recipients in a row "
+                f"(last: {failure.reply}): it is refusing the mailing, not them, so they "
+                "are left pending, not failed"
+            )
+        )
+
+    def _confirm(self, held: list[_Refusal]) -> None:
+        """Record held refusals as what they are: failed, and bounced when the mailbox does
+        not exist."""
+        for refusal in held:
+            reply = refusal.failure.reply
+            self.ledger.settle(self.period, refusal.email, "failed", reply)
+            with self._lock:
+                if refusal.failure.bounce:
+                    self.mailing_list.set_status(refusal.email, "bounced", reply)
+                self.report.failed += 1
+                self.report.failures.append((refusal.email, reply))
+
+    def _leave_held_pending(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            self.report.pending += len(held)
+            for refusal in held:
+                self.report.failures.append((refusal.email, f"pending: {refusal.failure.reply}"))
+
+    def _judge_held_at_end(self) -> None:
+        """The refusals after the last accepted message, when the run ran out of recipients:
+        failed if this issue's mailing has been accepted for anyone (now or in an earlier
+        run); else only the ones whose mailbox clearly does not exist, the others are left
+        pending with a warning (nothing shows the server takes this mailing at all)."""
+        with self._lock:
+            held, self._held = self._held, []
+        if self._accepted:
+            self._confirm(held)
+            return
+        self._confirm([r for r in held if r.failure.bounce])
+        unsure = [r for r in held if not r.failure.bounce]
+        if not unsure:
+            return
+        with self._lock:
+            self.report.pending += len(unsure)
+            for refusal in unsure:
+                self.report.failures.append((refusal.email, f"pending: {refusal.failure.reply}"))
+            self.report.warnings.append(
+                Problem(
+                    f"the SMTP server {self.target} accepted no message of this issue and "
+                    f"refused {len(unsure)} recipient(s) (last: {unsure[-1].failure.reply}); "
+                    "they are left pending in case it refuses the mailing rather than them"
+                )
+            )
 
 
 def _letterhead(config: Config, language: str) -> Letterhead:
@@ -672,11 +829,15 @@ def send_issue(
 ) -> SendReport:
     """Send (or with `dry_run`, only build) the period's issue to every due subscriber.
 
-    Raises NewsletterError for bad input and for a session the server refuses; per-recipient
-    outcomes are in the report (`ok` is False when anything failed or is left pending).
+    Raises NewsletterError for bad input, for an issue that is not built, for another send of
+    the same issue running, and for a session the server refuses; SendInterrupted (a
+    KeyboardInterrupt with the report so far) on Ctrl-C. Per-recipient outcomes are in the
+    report (`ok` is False when anything failed or is left pending).
     """
     env = os.environ if env is None else env
     period = str(period)
+    if dry_run and test_to is not None:
+        raise NewsletterError(Problem("--dry-run and --test-to cannot be used together"))
     config = load_config(project.root)
     configured = list(config.newsletter.languages)
     default = config.newsletter.default_language
@@ -690,6 +851,7 @@ def send_issue(
                     project.config_path,
                 )
             )
+    _check_built(project, period, selected)
     report = SendReport(period, selected, dry_run=dry_run, test_to=test_to)
     if dry_run and not env.get(SECRET_VARIABLE):
         secret = b"dry-run placeholder secret"
@@ -698,26 +860,29 @@ def send_issue(
         )
     else:
         secret = secret_from_env(env)
-    target = None if dry_run else smtp_target(config.smtp, env)
     when = datetime.now(config.tz)
     envelope_from = config.mailing.return_path or config.sender.email
 
     if test_to is not None:
-        assert target is not None
+        target = smtp_target(config.smtp, env)
         return _send_test(project, config, period, selected, secret, when, target, test_to, report)
 
-    with Ledger(project.state_dir / DB_NAME) as ledger:
+    with contextlib.ExitStack() as stack:
+        target = None
+        if not dry_run:
+            target = smtp_target(config.smtp, env)
+            stack.enter_context(send_lock(project.state_dir, period))
+        ledger = stack.enter_context(Ledger(project.state_dir / DB_NAME))
         by_stored = ledger.due_languages(period)
         wanted: dict[str, int] = {}
         for stored, count in by_stored.items():
             language = effective_language(stored, configured, default)
             if language in selected:
                 wanted[language] = wanted.get(language, 0) + count
-        total = sum(wanted.values())
-        if limit is not None:
-            total = min(total, limit)
+        due_total = sum(wanted.values())
+        total = due_total if limit is None else min(due_total, limit)
         done_before = ledger.counts(period, selected)
-        report.skipped = done_before["sent"] + done_before["failed"]
+        report.skipped = skipped_before = done_before["sent"] + done_before["failed"]
         issues = compile_issues(project, config, period, sorted(wanted), secret, when)
 
         def jobs() -> Iterator[Job]:
@@ -727,30 +892,83 @@ def send_issue(
                     yield Job(due, language)
 
         source = itertools.islice(jobs(), limit)
-        if dry_run:
+        if target is None:
             _dry_run(source, issues, report)
-            report.remaining = sum(wanted.values()) - report.sent
+            report.remaining = due_total - report.sent
             return report
 
-        assert target is not None
-        with MailingList(project.state_dir / DB_NAME) as mailing_list:
-            run = _Run(
-                period=period,
-                issues=issues,
-                ledger=ledger,
-                mailing_list=mailing_list,
-                target=target,
-                envelope_from=envelope_from,
-                source=_counting_resends(source, report),
-                connections=connections or config.mailing.connections,
-                rate=rate if rate is not None else config.mailing.rate,
-                max_attempts=config.mailing.max_attempts,
-                retry_delay=config.mailing.retry_delay,
-                report=report,
-            )
-            run.execute(progress, total)
-        report.remaining = sum(wanted.values()) - run.work.taken
+        mailing_list = stack.enter_context(MailingList(project.state_dir / DB_NAME))
+        run = _Run(
+            period=period,
+            issues=issues,
+            ledger=ledger,
+            mailing_list=mailing_list,
+            target=target,
+            envelope_from=envelope_from,
+            source=_counting_resends(source, report),
+            connections=connections or config.mailing.connections,
+            rate=rate if rate is not None else config.mailing.rate,
+            max_attempts=config.mailing.max_attempts,
+            retry_delay=config.mailing.retry_delay,
+            report=report,
+            accepted_before=done_before["sent"] > 0,
+        )
+        run.execute(progress, total)
+        handled = report.sent + report.failed + report.pending + report.in_doubt
+        report.remaining = max(0, due_total - handled - (report.skipped - skipped_before))
+        if report.interrupted:
+            raise SendInterrupted(report)
     return report
+
+
+def _check_built(project: Project, period: str, languages: Sequence[str]) -> None:
+    """Every selected language must be built before anything else is looked at: otherwise a
+    run with nobody due would succeed without the issue existing."""
+    try:
+        shown = project.outbox_dir.relative_to(project.root)
+    except ValueError:
+        shown = project.outbox_dir
+    missing = [
+        language for language in languages if not is_built(project.outbox_dir / period / language)
+    ]
+    if missing:
+        paths = " and ".join(str(shown / period / language) for language in missing)
+        verb = "is" if len(missing) == 1 else "are"
+        raise NewsletterError(
+            Problem(f"{paths} {verb} not built; run `newsletter build --period {period}`")
+        )
+
+
+@contextlib.contextmanager
+def send_lock(state_dir: Path, period: str) -> Iterator[None]:
+    """Hold the lock of `period`'s send for the duration: a second `newsletter send` of the
+    same issue fails at once, naming the process that holds it. An exclusive `flock` on a file
+    in the state directory, so a run that dies (even by SIGKILL) releases it with its process.
+    """
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"send-{period}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            raise NewsletterError(
+                Problem(
+                    f"another send of {period} is running (pid {holder}); "
+                    "wait for it to end, or stop it, before sending again"
+                )
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def _counting_resends(source: Iterator[Job], report: SendReport) -> Iterator[Job]:

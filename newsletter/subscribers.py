@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import sqlite3
@@ -111,9 +112,17 @@ def clean_name(text: str | None) -> str:
 
 
 def clean_language(text: str | None) -> str:
+    """A language code in its usual case (`EN` → `en`, `pt_br` → `pt-BR`); ValueError for
+    anything that is not one."""
     value = (text or "").strip().replace("_", "-")
-    if value and not _LANGUAGE.match(value):
-        raise ValueError(f"language {value!r} is not a language code such as en or ja")
+    if not value:
+        return ""
+    primary, _, region = value.partition("-")
+    value = primary.lower()
+    if region:
+        value += "-" + (region.upper() if len(region) == 2 else region)
+    if not _LANGUAGE.match(value):
+        raise ValueError(f"language {text!r} is not a language code such as en or ja")
     return value
 
 
@@ -315,14 +324,17 @@ class MailingList:
         language = row.language or existing.language
         attributes = {**existing.attributes, **row.attributes}
         status, changed, reason = existing.status, existing.status_changed, existing.status_reason
-        if row.status and existing.status == "subscribed":
+        kept = existing.status != "subscribed"
+        if row.status and not kept:
             status = row.status
             changed, reason = row.status_changed or stamp, row.status_reason or "imported"
-        elif existing.status != "subscribed":
-            report.kept_unsubscribed += 1
         new = (name, language, attributes, status)
+        if kept:
+            # counted once, as kept: its other details may still be brought up to date
+            report.kept_unsubscribed += 1
         if new == (existing.name, existing.language, existing.attributes, existing.status):
-            report.unchanged += 1
+            if not kept:
+                report.unchanged += 1
             return
         self.db.execute(
             "UPDATE subscribers SET name = ?, language = ?, attributes = ?, status = ?, "
@@ -337,7 +349,8 @@ class MailingList:
                 existing.id,
             ),
         )
-        report.updated += 1
+        if not kept:
+            report.updated += 1
 
     def export_csv(self, stream: IO[str], status: str | None = None) -> int:
         """Write the list as CSV (re-importable: same columns); returns the number of rows."""
@@ -406,36 +419,92 @@ def _read_csv(path: Path, report: ImportReport) -> dict[str, _CsvRow]:
         raise NewsletterError(
             Problem("not UTF-8 text (save the file as “CSV UTF-8”)", path, line=line)
         ) from None
-    first_line = text.split("\n", 1)[0]
+    lines = io.StringIO(text, newline="").readlines()
+    first_line = lines[0] if lines else ""
     delimiter = max(",;\t", key=first_line.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
         raise NewsletterError(Problem("empty file; expected a header row", path)) from None
+    except csv.Error as exc:
+        raise NewsletterError(Problem(f"header row: {_csv_reason(exc)}", path, 1)) from None
     columns = [_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in header]
     if "email" not in columns:
         raise NewsletterError(
             Problem(f"no `email` column in the header row (found: {', '.join(header)})", path, 1)
         )
+    seen: set[str] = set()
+    for name, column in zip(header, columns, strict=True):
+        if column and column in seen:
+            alias = f" (`{name.strip()}` is another name for it)" if name.strip() != column else ""
+            raise NewsletterError(
+                Problem(
+                    f"the header row has the column `{column}` twice{alias}; "
+                    f"found: {', '.join(h.strip() for h in header)}",
+                    path,
+                    1,
+                )
+            )
+        seen.add(column)
     rows: dict[str, _CsvRow] = {}
-    end = reader.line_num
-    for record in reader:
-        line, end = end + 1, reader.line_num
-        if not any(cell.strip() for cell in record):
-            continue
+    position = reader.line_num
+    while position < len(lines):
+        # A row the csv module cannot parse (a quote left open, a field over its size limit)
+        # is reported and skipped like any other bad row, and reading goes on at the next
+        # physical line, so an open quote cannot swallow the rest of the file.
+        reader = csv.reader(
+            itertools.islice(lines, position, None), delimiter=delimiter, strict=True
+        )
+        end = position
         try:
-            row = _parse_row(columns, header, record, line)
-        except ValueError as exc:
-            report.problems.append(Problem(f"skipped: {exc}", path, line=line))
-            continue
-        key = row.email.lower()
-        if key in rows:
-            rows[key].absorb(row)
-            report.merged += 1
-        else:
-            rows[key] = row
+            for record in reader:
+                line, end = end + 1, position + reader.line_num
+                _take_row(columns, header, record, line, path, rows, report)
+            break
+        except csv.Error as exc:
+            line = end + 1
+            reason = _csv_reason(exc, spans_lines=position + reader.line_num > line)
+            report.problems.append(Problem(f"{reason}; row skipped", path, line=line))
+            position = line
     return rows
+
+
+def _csv_reason(exc: csv.Error, *, spans_lines: bool = False) -> str:
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"field too large (over {csv.field_size_limit():,} characters; a missing quote?)"
+    if "unexpected end of data" in text or ("expected after" in text and spans_lines):
+        return "a quoted field opened on this line is not closed (a missing quote?)"
+    if "expected after" in text:
+        return "text after the closing quote of a field (a stray or missing quote?)"
+    if "NUL" in text:
+        return "contains a NUL character"
+    return f"not valid CSV: {text}"
+
+
+def _take_row(
+    columns: list[str],
+    header: list[str],
+    record: list[str],
+    line: int,
+    path: Path,
+    rows: dict[str, _CsvRow],
+    report: ImportReport,
+) -> None:
+    if not any(cell.strip() for cell in record):
+        return
+    try:
+        row = _parse_row(columns, header, record, line)
+    except ValueError as exc:
+        report.problems.append(Problem(f"skipped: {exc}", path, line=line))
+        return
+    key = row.email.lower()
+    if key in rows:
+        rows[key].absorb(row)
+        report.merged += 1
+    else:
+        rows[key] = row
 
 
 def _parse_row(columns: list[str], header: list[str], record: list[str], line: int) -> _CsvRow:

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Mapping
 
 from newsletter.errors import NewsletterError, Problem
@@ -42,8 +43,19 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict inverse of `_b64`: only the URL-safe alphabet, no padding, and only the one
+    canonical spelling of the bytes (no stray characters, no set bits past the last byte);
+    ValueError otherwise."""
+    if not _B64_ALPHABET.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data
 
 
 def _mac(secret: bytes, scope: str, email: str) -> bytes:
@@ -58,13 +70,17 @@ def sign(secret: bytes, scope: str, email: str) -> str:
 
 def verify(secret: bytes, scope: str, token: str) -> str | None:
     """The address a genuine token was made for; None for anything forged or damaged."""
+    if len(token) > 1024:
+        return None
     payload, dot, mac = token.strip().partition(".")
-    if not dot or not payload or not mac or len(token) > 1024:
+    if not dot or not payload or not mac:
         return None
     try:
-        email = _unb64(payload).decode()
+        email = _unb64(payload).decode("utf-8", "strict")
         given = _unb64(mac)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if len(given) != _MAC_BYTES:
         return None
     if not hmac.compare_digest(given, _mac(secret, scope, email)):
         return None

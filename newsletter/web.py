@@ -13,6 +13,7 @@ Paths are those of the public URLs in `newsletter.toml` (`mailing.unsubscribe_ur
 
 from __future__ import annotations
 
+import errno
 import html
 import re
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from newsletter.config import Config, load_config
+from newsletter.errors import NewsletterError, Problem
 from newsletter.i18n import Translator, load_translator
 from newsletter.ledger import Ledger
 from newsletter.outbox import read_manifest
@@ -260,8 +262,19 @@ def make_app(project: Project) -> WebApp:
 
 
 def serve(project: Project, host: str = "127.0.0.1", port: int = 8080) -> WSGIServer:
-    """A wsgiref server for the app; the caller runs `serve_forever()`."""
-    return make_server(host, port, make_app(project), handler_class=_QuietHandler)
+    """A wsgiref server for the app; the caller runs `serve_forever()`. NewsletterError (one
+    line) when the address cannot be listened on, a port in use above all."""
+    app = make_app(project)
+    try:
+        return make_server(host, port, app, handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            message = f"port {port} on {host} is already in use; pick another with --port N"
+        elif exc.errno == errno.EACCES:
+            message = f"not allowed to listen on port {port}; use a port above 1023"
+        else:
+            message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise NewsletterError(Problem(message)) from None
 
 
 def wsgi_application(root: str | Path = ".") -> WebApp:

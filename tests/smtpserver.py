@@ -1,8 +1,10 @@
 """A real SMTP server for the tests (aiosmtpd on 127.0.0.1), recording what it accepts and
 injecting faults on request: 421/451/550 replies, a connection dropped in the middle of DATA,
-slow replies, refused logins.
+slow replies, refused logins, a reply held until the test releases it.
 
-Only messages the server answered 250 to at the end of DATA count as received.
+Only messages the server answered 250 to at the end of DATA count as received. The recorder
+also counts the TCP connections the server accepted and the ones it cut on purpose, and keeps
+(monotonic) times of connections and accepted messages for lower-bound checks of `--rate`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,8 +121,16 @@ class Faults:
     """Seconds to wait before answering RCPT, on the first try."""
     mail_421_every: int = 0
     """Every n-th MAIL FROM of the server's life is answered 421 and the connection closed."""
+    mail_421_at: set[int] = field(default_factory=set)
+    """These MAIL FROMs of the server's life (1 is the first) are answered 421, then it hangs up."""
     refuse_mail: bool = False
     """550 to MAIL FROM: the whole session is refused."""
+    rcpt_reply: str | None = None
+    """Answer every RCPT with this (e.g. `550 relay not permitted`) while it is set."""
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    """Answer RCPT for these addresses with these replies, every time."""
+    hold_rcpt: threading.Event | None = None
+    """Answer no RCPT until this event is set (the test sees `Recorder.wait_rcpt`)."""
 
 
 class Recorder:
@@ -133,6 +144,14 @@ class Recorder:
         self.tries: Counter[tuple[str, str]] = Counter()
         self.mails = 0
         self.connections = 0
+        """EHLOs (one per session, two with STARTTLS)."""
+        self.sessions = 0
+        """TCP connections accepted."""
+        self.drops = 0
+        """Connections the server closed or cut on purpose (421 and hang up, cut in DATA)."""
+        self.rcpts = 0
+        self.connected_at: list[float] = []
+        self.accepted_at: list[float] = []
         self.logins: list[str] = []
         self.accepted = threading.Condition(self.lock)
 
@@ -147,6 +166,15 @@ class Recorder:
             self.connections += 1
         return responses
 
+    def connected(self) -> None:
+        with self.lock:
+            self.sessions += 1
+            self.connected_at.append(time.monotonic())
+
+    def dropped(self) -> None:
+        with self.lock:
+            self.drops += 1
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         faults = self.faults
         if faults.refuse_mail:
@@ -154,7 +182,10 @@ class Recorder:
         with self.lock:
             self.mails += 1
             count = self.mails
-        if faults.mail_421_every and count % faults.mail_421_every == 0:
+        if (faults.mail_421_every and count % faults.mail_421_every == 0) or (
+            count in faults.mail_421_at
+        ):
+            self.dropped()
             _close_soon(server)
             return "421 4.3.2 service shutting down"
         envelope.mail_from = address
@@ -163,6 +194,16 @@ class Recorder:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         faults = self.faults
+        with self.accepted:
+            self.rcpts += 1
+            self.accepted.notify_all()
+        if faults.hold_rcpt is not None:
+            while not faults.hold_rcpt.is_set():
+                await asyncio.sleep(0.01)
+        if faults.rcpt_reply is not None:
+            return faults.rcpt_reply
+        if address in faults.rcpt_replies:
+            return faults.rcpt_replies[address]
         if address in faults.refuse_rcpt:
             return "550 5.1.1 no such user"
         if address in faults.always_451:
@@ -180,11 +221,13 @@ class Recorder:
         if rcpt in faults.refuse_content:
             return "554 5.7.1 message refused"
         if rcpt in faults.close_after_data and self._first("close", rcpt):
+            self.dropped()
             _close_soon(server)
             return "421 4.4.2 closing connection"
         with self.accepted:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
             self.counts[rcpt] += 1
+            self.accepted_at.append(time.monotonic())
             self.accepted.notify_all()
         return "250 2.0.0 accepted"
 
@@ -200,6 +243,11 @@ class Recorder:
         with self.accepted:
             return self.accepted.wait_for(lambda: len(self.messages) >= count, timeout)
 
+    def wait_rcpt(self, count: int = 1, timeout: float = 60.0) -> bool:
+        """Until `count` RCPT commands have arrived (answered or held)."""
+        with self.accepted:
+            return self.accepted.wait_for(lambda: self.rcpts >= count, timeout)
+
 
 def _close_soon(server: SMTP) -> None:
     """Hang up just after the reply is written (as a server answering 421 does)."""
@@ -208,9 +256,14 @@ def _close_soon(server: SMTP) -> None:
 
 
 class _FaultySMTP(SMTP):
+    def connection_made(self, transport) -> None:
+        self.event_handler.connected()
+        super().connection_made(transport)
+
     async def smtp_DATA(self, arg: str) -> None:
         handler = self.event_handler
         if self.envelope is not None and handler.should_drop(self.envelope):
+            handler.dropped()
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             await self._reader.readuntil(b"\r\n")
             self.transport.abort()
@@ -259,6 +312,9 @@ class SmtpServer:
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
+        with self.recorder.lock:  # aiosmtpd's own start-up probe is not a client's connection
+            self.recorder.sessions = 0
+            self.recorder.connected_at.clear()
         return self
 
     def __exit__(self, *_exc: object) -> None:

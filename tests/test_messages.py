@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import random
+import re
 import sys
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -149,6 +151,81 @@ def test_names_round_trip_through_the_to_header(name: str) -> None:
     assert str(make_header(decode_header(phrase))) == name
 
 
+ABSURD = [
+    "A" * 1500,
+    " ".join(["Abc"] * 400),
+    "Jane " + "x" * 1500 + " Doe",
+    ('Dr. "Quoted" Name, with (specials) ' * 40).strip(),
+    "é" * 800,
+    " ".join(["佐藤 太郎"] * 150),
+    " ".join(["Mixed ASCII words and 日本語"] * 60),
+    "=?utf-8?q?not_an_encoded_word?=" * 3,
+]
+
+
+def _unfold(value: str) -> str:
+    return re.sub(r"\r?\n(?=[ \t])", "", value)
+
+
+def _decoded_phrase(raw: str) -> tuple[str, str]:
+    """Display name and address of an address header, decoded as mail clients do (the
+    legacy decoder: the new one puts a space between adjacent encoded words)."""
+    phrase, addr_spec = parseaddr(_unfold(raw))
+    return str(make_header(decode_header(phrase))), addr_spec
+
+
+@pytest.mark.parametrize("text", ABSURD)
+def test_absurd_names_and_subjects_fold_and_round_trip(text: str) -> None:
+    letterhead = Letterhead(
+        sender_name=text,
+        sender_email="office@example.org",
+        reply_to="reply@example.org",
+        list_id="list.example.org",
+        list_name=text,
+        unsubscribe_url="https://example.org/u/",
+        unsubscribe_mailto="office@example.org",
+    )
+    issue = IssueMessages(
+        period=PERIOD,
+        language="en",
+        subject=text,
+        personal_html="<p>nl-personal:greeting</p>\n",
+        personal_text="nl-personal:greeting\n",
+        letterhead=letterhead,
+        view_url="https://example.org/",
+        gettext=lambda message, **v: message % v if v else message,
+        secret=SECRET.encode(),
+        when=WHEN,
+    )
+    data = issue.render(Recipient("reader@example.org", text))
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    for line in head.split(b"\r\n"):
+        assert len(line) <= 998, line[:80]
+        if not line.startswith((b"List-Unsubscribe: <", b" <mailto:")):
+            assert len(line) <= 78, line
+    message = message_from_bytes(data, policy=default_policy)
+    assert message["Subject"] == text
+    legacy = message_from_bytes(data)
+    assert _decoded_phrase(legacy["To"]) == (text, "reader@example.org")
+    assert _decoded_phrase(legacy["From"]) == (text, "office@example.org")
+    assert _decoded_phrase(legacy["List-Id"]) == (text, "list.example.org")
+    assert message["Reply-To"] == "reply@example.org"
+    assert message["List-Unsubscribe"].startswith("<https://example.org/u/?token=")
+    assert not message.defects
+
+
+def test_the_longest_address_keeps_every_line_under_998_octets(
+    issues: dict[str, IssueMessages],
+) -> None:
+    email = "x" * 64 + "@" + ".".join(["d" * 61] * 3) + ".org"
+    assert len(email) == 254
+    data = issues["en"].render(Recipient(email, "N" * 2000))
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    message = message_from_bytes(data, policy=default_policy)
+    assert message["To"].addresses[0].addr_spec == email
+
+
 def test_non_ascii_names_become_encoded_words() -> None:
     assert encode_phrase("Jöhn").startswith("=?utf-8?b?")
     assert encode_phrase("Jane Doe") == "Jane Doe"
@@ -176,6 +253,43 @@ def test_tokens_verify_and_refuse_tampering() -> None:
     assert tokens.verify(secret, "other.example.org", token) is None
     for junk in ("", ".", "abc", "!!!.???", payload, "a" * 2000):
         assert tokens.verify(secret, "list.example.org", junk) is None
+
+
+def _same_bytes_other_spelling(text: str) -> list[str]:
+    """`text` with its last character changed in the bits base64 decoding throws away."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    spellings = []
+    for char in alphabet:
+        other = text[:-1] + char
+        if other != text and base64.urlsafe_b64decode(other + "=" * (-len(other) % 4)) == decoded:
+            spellings.append(other)
+    return spellings
+
+
+def test_tokens_with_flipped_unused_bits_are_refused() -> None:
+    secret = SECRET.encode()
+    token = tokens.sign(secret, "list.example.org", "jane@example.org")
+    payload, mac = token.split(".")
+    variants = [f"{payload}.{m}" for m in _same_bytes_other_spelling(mac)]
+    variants += [f"{p}.{mac}" for p in _same_bytes_other_spelling(payload)]
+    assert len(variants) >= 3  # the last character of each part carries unused bits
+    for variant in variants:
+        assert tokens.verify(secret, "list.example.org", variant) is None, variant
+
+
+@pytest.mark.parametrize("junk", ["!", "*", ".", "!*.", "=", " ", "+/", "%"])
+def test_tokens_with_inserted_junk_are_refused(junk: str) -> None:
+    secret = SECRET.encode()
+    token = tokens.sign(secret, "list.example.org", "jane@example.org")
+    payload, mac = token.split(".")
+    positions = [1, len(payload) // 2, len(payload) - 1]
+    variants = [f"{payload[:i]}{junk}{payload[i:]}.{mac}" for i in positions]
+    variants += [f"{payload}.{mac[:i]}{junk}{mac[i:]}" for i in (1, 10, len(mac) - 1)]
+    variants += [f"{payload}.{mac}{junk}x", f"{payload}{junk}.{mac}"]
+    for variant in variants:
+        assert tokens.verify(secret, "list.example.org", variant) is None, variant
+    assert tokens.verify(secret, "list.example.org", token) == "jane@example.org"
 
 
 def test_secret_must_be_set_and_long_enough() -> None:

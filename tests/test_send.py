@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import sqlite3
 import ssl
+import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +17,9 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import console_script, run_script
 from smtpserver import (
+    FAST_RETRIES,
     PERIOD,
     SECRET,
     Faults,
@@ -24,10 +30,20 @@ from smtpserver import (
 
 from newsletter import tokens
 from newsletter.cli import cli
+from newsletter.cli.mailing import format_progress
 from newsletter.config import SmtpSettings, load_config
 from newsletter.errors import NewsletterError
+from newsletter.ledger import Ledger
 from newsletter.project import Project
-from newsletter.send import list_id, send_issue, smtp_target
+from newsletter.send import (
+    CONSECUTIVE_REFUSALS,
+    Progress,
+    list_id,
+    rcpt_refusal,
+    send_issue,
+    send_lock,
+    smtp_target,
+)
 from newsletter.subscribers import MailingList
 
 
@@ -132,14 +148,53 @@ def test_a_second_run_sends_nothing_and_new_subscribers_only_once(
 def test_limit_lang_connections_and_rate(mailing_project: Project) -> None:
     _subscribe(mailing_project, _people(30))
     with SmtpServer() as server:
+        recorder = server.recorder
         japanese = send_issue(mailing_project, PERIOD, languages=["ja"], env=server.env())
         assert japanese.sent == 10
+        assert recorder.sessions == 1  # ten messages, one connection
         limited = send_issue(mailing_project, PERIOD, limit=5, connections=3, env=server.env())
         assert (limited.sent, limited.remaining, limited.ok) == (5, 15, True)
+        assert 2 <= recorder.sessions <= 1 + 3
+        before = recorder.sessions
         rest = send_issue(mailing_project, PERIOD, connections=3, rate=200, env=server.env())
         assert rest.sent == 15
+        assert 1 <= recorder.sessions - before <= 3
     assert len(server.counts) == 30 and set(server.counts.values()) == {1}
-    assert server.recorder.connections >= 3
+    assert recorder.drops == 0 and recorder.connections == recorder.sessions
+
+
+def test_one_connection_is_reused_and_reopened_only_after_a_drop(mailing_project: Project) -> None:
+    people = _people(20)
+    faults = Faults(mail_421_at={5, 12}, drop_in_data={people[15][0]})
+    _subscribe(mailing_project, people)
+    with SmtpServer(faults) as server:
+        report = send_issue(mailing_project, PERIOD, env=server.env())
+        recorder = server.recorder
+        assert (report.sent, report.ok) == (20, True)
+        assert recorder.drops == 3
+        assert recorder.sessions == 1 + recorder.drops
+    assert set(server.counts.values()) == {1} and len(server.counts) == 20
+
+
+def test_rate_limits_the_pace_of_the_whole_run(
+    mailing_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N messages at R per second cannot all be accepted in less than (N - 1) / R seconds
+    after the first connection (a lower bound on behaviour, not a performance timing)."""
+    count, rate = 6, 20.0
+    _subscribe(mailing_project, _people(count))
+    with SmtpServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        result = CliRunner().invoke(
+            cli,
+            ["-C", str(mailing_project.root), "send", PERIOD, "--rate", str(rate)],
+            catch_exceptions=False,
+        )
+        recorder = server.recorder
+    assert result.exit_code == 0, result.output
+    assert len(recorder.accepted_at) == count
+    assert recorder.accepted_at[-1] - recorder.connected_at[0] >= (count - 1) / rate
 
 
 def test_dry_run_builds_everything_and_sends_nothing(mailing_project: Project) -> None:
@@ -188,9 +243,12 @@ def test_login_over_the_session(mailing_project: Project) -> None:
 # faults
 
 
-def test_faults_end_with_every_deliverable_recipient_delivered_once(
-    mailing_project: Project,
-) -> None:
+def test_faults_end_with_every_deliverable_recipient_delivered_once(tmp_path: Path) -> None:
+    # Five tries: a recipient with a fault of its own can also meet all three 421s to MAIL.
+    mailing_project = built_project(
+        tmp_path / "project",
+        extra_config=FAST_RETRIES.replace("max_attempts = 3", "max_attempts = 5"),
+    )
     people = _people(40)
     addresses = [p[0] for p in people]
     faults = Faults(
@@ -201,12 +259,18 @@ def test_faults_end_with_every_deliverable_recipient_delivered_once(
         close_after_data={addresses[2], addresses[20]},
         drop_in_data={addresses[4], addresses[25]},
         slow_rcpt={addresses[6]: 0.3, addresses[7]: 8.0},
-        mail_421_every=13,
+        mail_421_at={13, 26, 39},
     )
     _subscribe(mailing_project, people)
     with SmtpServer(faults) as server:
         report = send_issue(mailing_project, PERIOD, connections=2, env=server.env())
         counts = Counter(server.counts)
+        recorder = server.recorder
+    # Two connections, reopened only after the server's drops and the one reply (8 s) that
+    # outlasted the client's 5 s timeout; never more.
+    reconnects = recorder.drops + 1
+    assert recorder.drops == 3 + 2 + 2  # the 421s to MAIL, after DATA, and the cuts in DATA
+    assert recorder.sessions <= 2 + reconnects
     undeliverable = {addresses[3], addresses[17], addresses[5], addresses[11]}
     assert all(counts[a] == 1 for a in addresses if a not in undeliverable)
     assert all(counts[a] == 0 for a in undeliverable)
@@ -373,3 +437,281 @@ def test_tls_with_certificate_verification(
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         report = send_issue(mailing_project, PERIOD, env=env)
     assert report.sent == 3 and len(server.counts) == 3
+
+
+# refusals of the whole mailing are not charged to the recipients
+
+
+def _statuses(project: Project) -> Counter[str]:
+    with MailingList(project.state_dir / "mailing.sqlite3") as mailing_list:
+        return Counter(s.status for s in mailing_list.subscribers())
+
+
+@pytest.mark.parametrize(
+    "reply", ["550 relay not permitted", "554 5.7.1 <x@example.org>: Relay access denied"]
+)
+def test_relay_denied_stops_at_once_and_the_fixed_relay_delivers_to_everyone(
+    mailing_project: Project, monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    _subscribe(mailing_project, _people(30))
+    with SmtpServer(Faults(rcpt_reply=reply)) as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        refused = CliRunner().invoke(cli, ["-C", str(mailing_project.root), "send", PERIOD])
+        assert refused.exit_code == 1
+        errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and refused.output.strip() == errors[0], refused.output
+        assert "refuses this mailing" in errors[0] and reply.split(" ", 1)[1] in errors[0]
+        assert "resumes" in errors[0]
+        assert server.recorder.rcpts == 1  # stopped at the first refusal
+        assert set(_ledger(mailing_project).values()) <= {"pending"}
+        assert _statuses(mailing_project) == Counter({"subscribed": 30})
+
+        server.recorder.faults.rcpt_reply = None  # the operator fixes the relay
+        fixed = CliRunner().invoke(cli, ["-C", str(mailing_project.root), "send", PERIOD])
+    assert fixed.exit_code == 0, fixed.output
+    assert "sent 30, failed 0, pending 0, skipped 0" in fixed.output
+    assert len(server.counts) == 30 and set(server.counts.values()) == {1}
+
+
+def test_refusals_of_everyone_in_a_row_are_left_pending(mailing_project: Project) -> None:
+    people = _people(30)
+    _subscribe(mailing_project, people)
+    reply = "550 5.7.1 Recipient address rejected: Access denied"
+    with SmtpServer(Faults(rcpt_reply=reply)) as server:
+        with pytest.raises(NewsletterError) as caught:
+            send_issue(mailing_project, PERIOD, env=server.env())
+        message = str(caught.value)
+        assert f"refused {CONSECUTIVE_REFUSALS} recipients in a row" in message
+        assert "left pending" in message and "\n" not in message
+        assert server.recorder.rcpts == CONSECUTIVE_REFUSALS
+        ledger = _ledger(mailing_project)
+        assert len(ledger) == CONSECUTIVE_REFUSALS and set(ledger.values()) == {"pending"}
+        assert _statuses(mailing_project) == Counter({"subscribed": 30})
+
+        server.recorder.faults.rcpt_reply = None
+        report = send_issue(mailing_project, PERIOD, env=server.env())
+    assert (report.sent, report.failed, report.pending) == (30, 0, 0)
+    assert set(server.counts.values()) == {1} and len(server.counts) == 30
+
+
+def test_one_refused_recipient_fails_alone_and_bounces_only_when_the_mailbox_is_gone(
+    mailing_project: Project,
+) -> None:
+    people = _people(12)
+    addresses = [p[0] for p in people]
+    replies = {
+        addresses[1]: "550 5.7.1 Recipient not authorized to receive from this sender",
+        addresses[3]: "550 Requested action not taken: mailbox unavailable",
+        addresses[5]: "550 5.1.1 <x>: Recipient address rejected: User unknown in relay "
+        "recipient table",
+        addresses[7]: "553 sorry, that domain isn't in my list of allowed rcpthosts",
+    }
+    _subscribe(mailing_project, people)
+    with SmtpServer(Faults(rcpt_replies=replies)) as server:
+        report = send_issue(mailing_project, PERIOD, env=server.env())
+    assert (report.sent, report.failed, report.pending) == (8, 4, 0)
+    assert dict(report.failures) == replies
+    ledger = _ledger(mailing_project)
+    assert {a for a, state in ledger.items() if state == "failed"} == set(replies)
+    with MailingList(mailing_project.state_dir / "mailing.sqlite3") as mailing_list:
+        status = {a: mailing_list.get(a).status for a in replies}  # type: ignore[union-attr]
+    assert status == {
+        addresses[1]: "subscribed",
+        addresses[3]: "bounced",
+        addresses[5]: "bounced",
+        addresses[7]: "subscribed",
+    }
+
+
+def test_when_nothing_is_ever_accepted_only_clear_bounces_are_final(
+    mailing_project: Project,
+) -> None:
+    people = _people(3)
+    addresses = [p[0] for p in people]
+    replies = {
+        addresses[0]: "550 5.1.1 no such user",
+        addresses[1]: "550 5.7.1 access denied",
+        addresses[2]: "554 refused",
+    }
+    _subscribe(mailing_project, people)
+    with SmtpServer(Faults(rcpt_replies=replies)) as server:
+        report = send_issue(mailing_project, PERIOD, env=server.env())
+    assert (report.sent, report.failed, report.pending) == (0, 1, 2)
+    assert any("accepted no message" in str(w) for w in report.warnings)
+    ledger = _ledger(mailing_project)
+    assert ledger == {addresses[0]: "failed", addresses[1]: "pending", addresses[2]: "pending"}
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "kind"),
+    [
+        (550, "5.1.1 no such user", "mailbox"),
+        (550, "5.1.0 Address rejected", "mailbox"),
+        (550, "5.1.1 <a@b>: Recipient address rejected: User unknown in relay recipient table",
+         "mailbox"),
+        (550, "Requested action not taken: mailbox unavailable", "mailbox"),
+        (550, "No such user here", "mailbox"),
+        (553, "user unknown", "mailbox"),
+        (550, "relay not permitted", "session"),
+        (554, "5.7.1 <a@b>: Relay access denied", "session"),
+        (550, "5.7.1 Unable to relay", "session"),
+        (530, "5.7.0 Authentication required", "session"),
+        (550, "5.7.1 Recipient not authorized", "recipient"),
+        (550, "5.2.1 mailbox disabled", "recipient"),
+        (552, "5.2.2 mailbox full", "recipient"),
+        (550, "5.7.1 mailbox unavailable", "recipient"),
+        (550, "Administrative prohibition", "recipient"),
+        (554, "Transaction failed", "recipient"),
+    ],
+)  # fmt: skip
+def test_rcpt_refusals_are_classified_conservatively(code: int, text: str, kind: str) -> None:
+    assert rcpt_refusal(code, text.encode()) == kind
+
+
+# one send of an issue at a time
+
+
+def test_a_final_ledger_row_cannot_be_claimed_again(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "mailing.sqlite3") as ledger:
+        assert ledger.claim(PERIOD, "a@example.org", "en", "<1@x>")
+        ledger.settle(PERIOD, "a@example.org", "sent", "250 ok")
+        assert not ledger.claim(PERIOD, "a@example.org", "en", "<2@x>")
+        ledger.settle(PERIOD, "a@example.org", "pending", "451 later")
+        assert ledger.state(PERIOD, "a@example.org") == "sent"
+        assert ledger.claim(PERIOD, "b@example.org", "en", "<3@x>")
+        ledger.settle(PERIOD, "b@example.org", "failed", "550 no")
+        assert not ledger.claim(PERIOD, "b@example.org", "en", "<4@x>")
+        assert ledger.claim(PERIOD, "c@example.org", "en", "<5@x>")
+        ledger.settle(PERIOD, "c@example.org", "pending", "451 later")
+        assert ledger.claim(PERIOD, "c@example.org", "en", "<6@x>")  # pending: due again
+        assert ledger.claim(PERIOD, "c@example.org", "en", "<7@x>")  # a dead run's `sending`
+
+
+def test_the_send_lock_admits_one_run_per_issue(tmp_path: Path) -> None:
+    with send_lock(tmp_path, PERIOD):
+        with pytest.raises(NewsletterError) as caught, send_lock(tmp_path, PERIOD):
+            pass
+        assert f"another send of {PERIOD} is running (pid {os.getpid()})" in str(caught.value)
+        with send_lock(tmp_path, "2026-12"):
+            pass
+    with send_lock(tmp_path, PERIOD):
+        pass
+
+
+def test_two_sends_at_once_deliver_each_message_once(tmp_path: Path) -> None:
+    project = built_project(tmp_path / "project")
+    _subscribe(project, _people(20))
+    base = [console_script(), "-C", str(project.root), "send", PERIOD]
+    hold = threading.Event()
+    with SmtpServer(Faults(hold_rcpt=hold)) as server:
+        env = {**os.environ, **server.env()}
+        first = subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert server.recorder.wait_rcpt(1), "the first run never reached the server"
+            second = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            hold.set()
+            out, err = first.communicate(timeout=120)
+        # Two more started together on 200 new subscribers, free to overlap or not.
+        _subscribe(project, _people(200, domain="example.net"))
+        racing = [subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                  for _ in range(2)]  # fmt: skip
+        outputs = [process.communicate(timeout=120) for process in racing]
+        counts = dict(server.counts)
+    assert second.returncode == 1
+    assert (
+        second.stderr == f"error: another send of {PERIOD} is running (pid {first.pid}); "
+        "wait for it to end, or stop it, before sending again\n"
+    )
+    assert first.returncode == 0, err
+    assert "sent 20, failed 0" in out.decode()
+    assert len(counts) == 220 and set(counts.values()) == {1}
+    for process, (_out, race_err) in zip(racing, outputs, strict=True):
+        assert process.returncode == 0 or b"another send of" in race_err, race_err
+
+
+# the command line
+
+
+def test_an_issue_never_built_is_an_error_even_with_nobody_due(
+    mailing_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
+    for args, paths in [
+        ([], "outbox/2031-05/en and outbox/2031-05/ja are"),
+        (["--dry-run"], "outbox/2031-05/en and outbox/2031-05/ja are"),
+        (["--lang", "ja"], "outbox/2031-05/ja is"),
+    ]:
+        result = CliRunner().invoke(
+            cli, ["-C", str(mailing_project.root), "send", "2031-05", *args]
+        )
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            f"error: {paths} not built; run `newsletter build --period 2031-05`\n"
+        )
+
+
+def test_dry_run_with_a_test_address_is_a_usage_error(mailing_project: Project) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["-C", str(mailing_project.root), "send", PERIOD, "--dry-run", "--test-to", "a@b.org"],
+    )
+    assert result.exit_code == 2
+    assert "--dry-run and --test-to cannot be used together" in result.output
+    assert "unexpected" not in result.output
+
+
+def test_a_server_that_is_down_is_one_error_line(mailing_project: Project) -> None:
+    _subscribe(mailing_project, _people(2))
+    with SmtpServer() as server:
+        env = server.env()
+    result = run_script("-C", str(mailing_project.root), "send", PERIOD, env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"error: cannot connect to the SMTP server 127.0.0.1:{env['NEWSLETTER_SMTP_PORT']}"
+    )
+    assert lines[0].endswith("nothing was sent; the same command resumes the mailing")
+
+
+def test_progress_is_drawn_on_a_terminal(mailing_project: Project) -> None:
+    _subscribe(mailing_project, _people(10))
+    primary, secondary = pty.openpty()
+    try:
+        with SmtpServer() as server:
+            process = subprocess.Popen(
+                [console_script(), "-C", str(mailing_project.root), "send", PERIOD],
+                env={**os.environ, **server.env()},
+                stdout=subprocess.PIPE,
+                stderr=secondary,
+            )
+            os.close(secondary)
+            screen = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            out, _ = process.communicate(timeout=120)
+    finally:
+        os.close(primary)
+    assert process.returncode == 0
+    text = screen.decode()
+    assert "\r[" + "#" * 30 + "] 10/10 " in text
+    assert "msg/s ETA 00:00:00 (failed 0, pending 0)" in text
+    assert b"sent 10" in out and b"msg/s ETA" not in out
+
+
+def test_the_progress_line_says_count_rate_and_time_left() -> None:
+    line = format_progress(Progress(done=25, total=100, sent=24, failed=1, pending=0, elapsed=5))
+    assert line == (
+        "[#######-----------------------] 25/100 5 msg/s ETA 00:00:15 (failed 1, pending 0)"
+    )
+    start = format_progress(Progress(0, 10, 0, 0, 0, 0.0))
+    assert start.endswith("0/10 0 msg/s ETA --:--:-- (failed 0, pending 0)")

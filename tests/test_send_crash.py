@@ -85,7 +85,7 @@ def test_sigkill_mid_send_then_resume(tmp_path: Path, connections: int) -> None:
 
 def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C): the workers finish and record the message in hand, so nothing is in
-    doubt and nobody gets the issue twice."""
+    doubt and nobody gets the issue twice; the summary so far is printed, exit 130."""
     project = built_project(tmp_path / "project")
     count = 600
     csv_path = tmp_path / "subscribers.csv"
@@ -103,13 +103,17 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None:
             assert server.recorder.wait_for(count // 4, timeout=240)
         finally:
             process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=60)
+            out, err = process.communicate(timeout=60)
         assert process.returncode == 130, err
-        assert "interrupted" in err and "Traceback" not in err
+        assert err.splitlines()[-1] == "interrupted" and "Traceback" not in err
         with sqlite3.connect(project.state_dir / "mailing.sqlite3") as db:
             states = dict(db.execute("SELECT state, count(*) FROM deliveries GROUP BY state"))
         assert "sending" not in states
-        assert states["sent"] == len(server.recorder.messages) < count
+        sent = len(server.recorder.messages)
+        assert states["sent"] == sent < count
+        # the summary so far: what was sent, and that the rest was not reached
+        assert f"sent {sent}, failed 0, pending 0, skipped 0, not reached {count - sent}" in out
+        assert "in flight" not in err
         resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         counts = dict(server.counts)
     assert resumed.returncode == 0, resumed.stderr

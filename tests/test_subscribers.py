@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import console_script
 from smtpserver import built_project
 
 from newsletter.cli import cli
@@ -128,6 +130,84 @@ def test_bad_rows_are_reported_with_line_and_reason_and_the_rest_imported(
     assert "language" in problems[5]
     assert "fields" in problems[8]
     assert all(str(p).startswith(f"{path}:") for p in report.problems)
+
+
+def test_an_unterminated_quote_is_reported_and_the_rest_still_imported(
+    tmp_path: Path, mailing_list: MailingList
+) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "email,name,language\n"
+        "first@example.org,First,en\n"
+        'open@example.org,"Never closed,en\n'
+        "after@example.org,After,en\n"
+        'stray@example.org,"Quoted" tail,en\n'
+        "last@example.org,Last,ja\n",
+    )
+    report = mailing_list.import_csv(path)
+    problems = {p.line: p.message for p in report.problems}
+    assert sorted(problems) == [3, 5], report.problems
+    assert "not closed" in problems[3] and "missing quote" in problems[3]
+    assert "quote" in problems[5]
+    assert [s.email for s in mailing_list.subscribers()] == [
+        "first@example.org",
+        "after@example.org",
+        "last@example.org",
+    ]
+    assert report.added == 3
+
+
+def test_language_codes_are_case_normalised(tmp_path: Path, mailing_list: MailingList) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "email,language\na@example.org,EN\nb@example.org,pt_br\nc@example.org,JA-jp\n",
+    )
+    report = mailing_list.import_csv(path)
+    assert report.problems == []
+    languages = {s.email: s.language for s in mailing_list.subscribers()}
+    assert languages == {"a@example.org": "en", "b@example.org": "pt-BR", "c@example.org": "ja-JP"}
+    subscriber, _ = mailing_list.add("d@example.org", language="FR")
+    assert subscriber.language == "fr"
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [("email,email,name", "`email` twice"), ("email,name,E-mail", "`E-mail` is another name")],
+)
+def test_duplicate_header_columns_are_refused(
+    tmp_path: Path, mailing_list: MailingList, header: str, named: str
+) -> None:
+    path = _write(tmp_path / "list.csv", f"{header}\na@example.org,b@example.org,A\n")
+    with pytest.raises(NewsletterError) as caught:
+        mailing_list.import_csv(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:1: the header row has the column")
+    assert named in message
+    assert list(mailing_list.subscribers()) == []
+
+
+def test_the_import_summary_counts_each_row_once(tmp_path: Path, mailing_list: MailingList) -> None:
+    path = _write(
+        tmp_path / "list.csv",
+        "email,name\njane@example.org,Jane\njohn@example.org,John\nmary@example.org,Mary\n",
+    )
+    mailing_list.import_csv(path)
+    mailing_list.remove("jane@example.org")
+    mailing_list.remove("john@example.org")
+    changed = _write(
+        tmp_path / "changed.csv",
+        "email,name\njane@example.org,Jane\njohn@example.org,John Smith\n"
+        "mary@example.org,Mary\nnew@example.org,New\n",
+    )
+    report = mailing_list.import_csv(changed)
+    assert (report.added, report.updated, report.unchanged, report.kept_unsubscribed) == (
+        1,
+        0,
+        1,
+        2,
+    )
+    john = mailing_list.get("john@example.org")
+    assert john is not None and (john.status, john.name) == ("unsubscribed", "John Smith")
 
 
 def test_duplicates_are_merged_and_a_second_import_changes_nothing(
@@ -284,3 +364,53 @@ def test_cli_subscriber_commands(tmp_path: Path, cli_project: Project) -> None:
     bad = _run(cli_project, "subscribers", "add", "not an address")
     assert bad.exit_code == 1 and bad.output.startswith("error: ")
     assert (cli_project.state_dir / "mailing.sqlite3").is_file()
+
+
+def test_cli_import_reports_csv_errors_on_one_line_each(
+    tmp_path: Path, cli_project: Project
+) -> None:
+    huge = "x" * (csv.field_size_limit() + 10)
+    path = _write(
+        tmp_path / "s.csv",
+        f'email,name\na@example.org,A\nb@example.org,"{huge}"\nc@example.org,C\n'
+        'd@example.org,"open\ne@example.org,E\n',
+    )
+    result = _run(cli_project, "subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert "unexpected" not in result.output and "Traceback" not in result.output
+    assert f"error: {path}:3: field too large" in result.output
+    assert f"error: {path}:5: a quoted field opened on this line is not closed" in result.output
+    assert "added 3," in result.output
+    emails = _run(cli_project, "subscribers", "list").output
+    assert [line.split("\t")[0] for line in emails.splitlines()] == [
+        "a@example.org",
+        "c@example.org",
+        "e@example.org",
+    ]
+    duplicate = _write(tmp_path / "d.csv", "email,email,name\na@example.org,a@example.org,A\n")
+    refused = _run(cli_project, "subscribers", "import", str(duplicate))
+    assert refused.exit_code == 1
+    assert refused.output.startswith(f"error: {duplicate}:1: the header row has the column `email`")
+
+
+@pytest.mark.parametrize("command", ["list", "export"])
+def test_output_cut_short_by_a_closed_pipe_is_quiet(
+    tmp_path: Path, cli_project: Project, command: str
+) -> None:
+    """`newsletter subscribers list | head -1`: the reader goes away; no traceback."""
+    rows = "".join(f"reader{i:05d}@example.org,Reader {i},en\n" for i in range(4000))
+    with MailingList(cli_project.state_dir / "mailing.sqlite3") as mailing_list:
+        mailing_list.import_csv(_write(tmp_path / "s.csv", "email,name,language\n" + rows))
+    process = subprocess.Popen(
+        [console_script(), "-C", str(cli_project.root), "subscribers", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()  # like `head -1` exiting: the output is now far larger than the pipe
+    err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert first
+    assert err == "", err
+    assert process.returncode in (0, 141)

@@ -4,6 +4,7 @@ refusal of forged tokens, and the archive of sent issues."""
 from __future__ import annotations
 
 import io
+import socket
 import sys
 import threading
 import urllib.error
@@ -16,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import run_script
 from smtpserver import PERIOD, SECRET, SmtpServer, built_project
 
 from newsletter import tokens
@@ -122,7 +124,11 @@ def test_forged_or_tampered_tokens_are_refused(site: Project, app: WebApp, metho
     wrong_secret = tokens.sign(
         b"not the secret 1234567", "digest.eu-japan-rni.example.org", "jane@example.org"
     )
-    for token in [f"{other}.{mac}", f"{payload}.{mac[::-1]}", wrong_secret, payload, ""]:
+    # the same bytes spelled with other unused bits in the last character, and junk inside
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    same_bits = alphabet[alphabet.index(mac[-1]) ^ 1]
+    tampered = [f"{payload}.{mac[:-1]}{same_bits}", f"{payload}.{mac[:5]}!*.{mac[5:]}"]
+    for token in [f"{other}.{mac}", f"{payload}.{mac[::-1]}", wrong_secret, payload, "", *tampered]:
         status, _headers, page = _call(app, method, "/unsubscribe/", f"token={token}", ONE_CLICK)
         assert status == "400 Bad Request", token
         assert "not valid" in page
@@ -192,3 +198,17 @@ def test_one_click_over_real_http(site: Project, monkeypatch: pytest.MonkeyPatch
         server.shutdown()
         server.server_close()
     assert _status(site, "jane@example.org") == "unsubscribed"
+
+
+def test_serve_on_a_port_in_use_is_one_clear_error(site: Project) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_script(
+            "-C", str(site.root), "serve", "--port", str(port), env={"NEWSLETTER_SECRET": SECRET}
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: port {port} on 127.0.0.1 is already in use; pick another with --port N\n"
+    )

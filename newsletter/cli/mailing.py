@@ -10,7 +10,7 @@ import click
 
 from newsletter.cli import Context, period_option
 from newsletter.dates import Period
-from newsletter.send import Progress, SendReport, mailing_db, send_issue
+from newsletter.send import Progress, SendInterrupted, SendReport, mailing_db, send_issue
 from newsletter.subscribers import STATUSES, MailingList
 from newsletter.web import serve
 
@@ -103,6 +103,7 @@ def subscribers_export(obj: Context, status: str | None) -> None:
     stream = sys.stdout
     with MailingList(mailing_db(obj.project)) as mailing_list:
         mailing_list.export_csv(stream, status)
+    stream.flush()  # a reader that went away is noticed here, not at interpreter exit
 
 
 @click.command("send")
@@ -139,23 +140,32 @@ def send_command(
     """Send the built issue of PERIOD (YYYY-MM) to every subscriber not yet reached.
 
     Every delivery is recorded as it happens: after an interruption or crash, the same command
-    resumes. Exit 1 when any recipient failed or is left pending.
+    resumes. Exit 1 when any recipient failed or is left pending; 130 after Ctrl-C.
     """
+    if dry_run and test_to:
+        raise click.UsageError("--dry-run and --test-to cannot be used together")
     bar = _ProgressLine() if sys.stderr.isatty() and not dry_run and not test_to else None
-    report = send_issue(
-        obj.project,
-        period,
-        languages=languages,
-        dry_run=dry_run,
-        test_to=test_to,
-        limit=limit,
-        connections=connections,
-        rate=rate,
-        progress=bar.update if bar else None,
-    )
-    if bar:
-        bar.close()
+    try:
+        report = send_issue(
+            obj.project,
+            period,
+            languages=languages,
+            dry_run=dry_run,
+            test_to=test_to,
+            limit=limit,
+            connections=connections,
+            rate=rate,
+            progress=bar.update if bar else None,
+        )
+    except SendInterrupted as stop:  # Ctrl-C: the summary so far, then exit 130
+        report = stop.report
+    finally:
+        if bar:
+            bar.close()
     _print_report(report, obj.verbose)
+    if report.interrupted:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     if not report.ok:
         sys.exit(1)
 
@@ -184,6 +194,12 @@ def _print_report(report: SendReport, verbose: bool) -> None:
         + (f", not reached {report.remaining}" if report.remaining else "")
         + f"  [{report.elapsed:.1f} s, {report.rate:,.0f} msg/s, {size}]"
     )
+    if report.in_doubt:
+        click.echo(
+            f"note: {report.in_doubt} message(s) were still in flight when the run stopped; "
+            "the server may have taken them, and the next run sends them again",
+            err=True,
+        )
     if report.resent:
         click.echo(
             f"note: {report.resent} message(s) in flight when an earlier run stopped were sent "
@@ -199,32 +215,38 @@ def _print_report(report: SendReport, verbose: bool) -> None:
         click.echo("pending recipients are tried again by the same command", err=True)
 
 
+def format_progress(progress: Progress) -> str:
+    """The progress line: a bar, the count, the rate and the time left."""
+    total = max(progress.total, 1)
+    share = min(progress.done / total, 1.0)
+    filled = int(share * 30)
+    rate = progress.done / progress.elapsed if progress.elapsed > 0 else 0.0
+    left = max(progress.total - progress.done, 0) / rate if rate > 0 else 0.0
+    eta = time.strftime("%H:%M:%S", time.gmtime(left)) if rate > 0 else "--:--:--"
+    return (
+        f"[{'#' * filled}{'-' * (30 - filled)}] {progress.done}/{progress.total} "
+        f"{rate:,.0f} msg/s ETA {eta} (failed {progress.failed}, pending {progress.pending})"
+    )
+
+
 class _ProgressLine:
     """A one-line progress bar on stderr with rate and ETA, redrawn at most 5 times a second."""
 
     def __init__(self) -> None:
         self._drawn = 0.0
+        self._shown = False
 
     def update(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._drawn < 0.2 and progress.done < progress.total:
             return
         self._drawn = now
-        total = max(progress.total, 1)
-        share = min(progress.done / total, 1.0)
-        filled = int(share * 30)
-        rate = progress.done / progress.elapsed if progress.elapsed > 0 else 0.0
-        left = (progress.total - progress.done) / rate if rate > 0 else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if rate > 0 else "--:--:--"
-        click.echo(
-            f"\r[{'#' * filled}{'-' * (30 - filled)}] {progress.done}/{progress.total} "
-            f"{rate:,.0f} msg/s ETA {eta} (failed {progress.failed}, pending {progress.pending})",
-            nl=False,
-            err=True,
-        )
+        self._shown = True
+        click.echo(f"\r{format_progress(progress)}\x1b[K", nl=False, err=True)
 
     def close(self) -> None:
-        click.echo("", err=True)
+        if self._shown:
+            click.echo("", err=True)
 
 
 @click.command("serve")
@@ -236,10 +258,12 @@ def serve_command(obj: Context, host: str, port: int) -> None:
 
     Needs NEWSLETTER_SECRET. Put it behind an HTTPS reverse proxy; see docs/sending.md.
     """
-    server = serve(obj.project, host, port)
+    server = serve(obj.project, host, port)  # a taken port: one error line, exit 1
     click.echo(f"serving on http://{host}:{server.server_port}/ (Ctrl-C stops)", err=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
     finally:
         server.server_close()
 
