@@ -98,6 +98,8 @@ class Watcher:
         self.project = project
         self.clock = clock
         self.sender = sender
+        self.running: str | None = None
+        """The key of the action being carried out, if any (a stop request interrupts it)."""
         self.log = EventLog(project.state_dir / EVENT_LOG_NAME)
         config = load_config(project.root)
         self.sources = (
@@ -176,7 +178,11 @@ class Watcher:
             handler = ACTIONS.get(action.action)
             if handler is None:
                 raise NewsletterError(f"unknown action {action.action!r} in the event log")
-            result = handler.run(self.project, action.params, now, self.sender)
+            self.running = action.key
+            try:
+                result = handler.run(self.project, action.params, now, self.sender)
+            finally:
+                self.running = None
             status, outcome = result.status, result.summary
         except Exception as exc:  # a failed action must never stop the watcher
             outcome = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -213,6 +219,11 @@ class Watcher:
         while not stop.is_set():
             try:
                 report = self.tick(stop)
+            except KeyboardInterrupt:
+                # Stopped in the middle of an action: it stays pending in the log and runs
+                # again at the next start; a send resumes from its ledger.
+                log.warning("stopped during an action; it runs again at the next start")
+                break
             except NewsletterError as exc:
                 # A typo in newsletter.toml must not end a long-running watcher: say so, and
                 # try again at the next tick (or as soon as the file is saved again).

@@ -431,3 +431,56 @@ def test_every_configured_action_has_an_implementation() -> None:
     from newsletter.config import ACTIONS as CONFIGURABLE
 
     assert set(CONFIGURABLE) == set(ACTIONS)
+
+
+def test_sigterm_during_a_long_send_stops_cleanly_and_the_next_start_resumes(
+    project: Project,
+) -> None:
+    from smtpserver import Faults
+
+    from newsletter.send import mailing_db
+
+    configure_watch(project, "auto_send = true")
+    addresses = [f"member{i:03d}@example.org" for i in range(150)]
+    with MailingList(mailing_db(project)) as mailing_list:
+        for address in addresses:
+            mailing_list.add(address, language="en")
+    with SmtpServer(Faults(slow_rcpt={a: 0.05 for a in addresses})) as server:
+        env = {**os.environ, **server.env()}
+        base = [console_script(), "-C", str(project.root), "watch"]
+        subprocess.run(
+            [*base, "--once", "--now", "2026-11-30T09:00:00+01:00"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        process = subprocess.Popen(
+            [*base, "--now", "2026-12-01T09:00:00+01:00"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert wait_until(lambda: sum(server.counts.values()) >= 10)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "left to resume at the next start" in err and "Traceback" not in err
+        delivered = sum(server.counts.values())
+        assert delivered < 2 * len(addresses)  # it stopped; it did not finish first
+        pending = [a for a in events_log(project).actions() if a.status == "pending"]
+        assert pending, "the interrupted action stays pending"
+        resumed = subprocess.run(
+            [*base, "--once", "--now", "2026-12-01T09:10:00+01:00"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        copies = Counter()
+        for _sender, recipients, data in server.recorder.messages:
+            subject = message_from_bytes(data, policy=default_policy)["Subject"]
+            copies[(recipients[0], subject)] += 1
+        editions = {subject for _r, subject in copies}
+        assert {(r, s) for r in addresses for s in editions} == set(copies)
+        assert all(n == 1 for n in copies.values())  # nothing was in doubt at a clean stop

@@ -54,10 +54,17 @@ def watch_command(obj: Context, once: bool, now: str | None, interval: float | N
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        click.echo(
-            f"stopping ({signal.Signals(signum).name}); finishing the current action", err=True
-        )
         stop.set()
+        name = signal.Signals(signum).name
+        if watcher.running is None:
+            click.echo(f"stopping ({name})", err=True)
+            return
+        # A send can take hours: stop it after the messages in flight (the ledger records
+        # them); the action stays pending and resumes at the next start.
+        click.echo(
+            f"stopping ({name}); {watcher.running} is left to resume at the next start", err=True
+        )
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
