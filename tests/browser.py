@@ -10,19 +10,16 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import NOW
 
 from newsletter.preview import LivePreview, PreviewServer
 from newsletter.project import Project
 
-REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-NOW = datetime(2026, 11, 25, 9, 0, tzinfo=ZoneInfo("Europe/Brussels"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -33,15 +30,6 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 15_000
 """Generous: these waits poll, so a fast machine never waits this long."""
-
-
-def copy_project(destination: Path) -> Project:
-    """The shipped project's sources (config, content, templates) in a folder of its own."""
-    destination.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "newsletter.toml", destination / "newsletter.toml")
-    for name in ("content", "templates"):
-        shutil.copytree(REPO / name, destination / name)
-    return Project.at(destination)
 
 
 @contextmanager

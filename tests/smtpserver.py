@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,14 +28,11 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from newsletter.build import build  # noqa: E402
-from newsletter.dates import Period  # noqa: E402
-from newsletter.project import Project  # noqa: E402
+from newsletter.build import build
+from newsletter.dates import Period
+from newsletter.project import Project
 
 PERIOD = "2026-11"
 NOW = "2026-11-25T09:00:00+01:00"

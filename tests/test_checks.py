@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import NOW, copy_project
 
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE), str(HERE.parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from browser import NOW, copy_project  # noqa: E402
-
-from newsletter.build import build  # noqa: E402
-from newsletter.checks import (  # noqa: E402
+from newsletter.build import build
+from newsletter.checks import (
     CheckResult,
     check_build_warnings,
     check_files,
@@ -30,7 +23,7 @@ from newsletter.checks import (  # noqa: E402
     parse_html,
     worst,
 )
-from newsletter.outbox import CLIP_LIMIT_BYTES  # noqa: E402
+from newsletter.outbox import CLIP_LIMIT_BYTES
 
 
 def page(body: str) -> str:

@@ -5,24 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import feedparser
 import pytest
+from feedserver import FeedServer, free_port
 
-# The server helper lives next to this file; the repo root makes `newsletter` importable
-# even when the package is not installed.
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE), str(HERE.parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from feedserver import FeedServer, free_port  # noqa: E402
-
-from newsletter.config import Feed  # noqa: E402
-from newsletter.feeds import (  # noqa: E402
+from newsletter.config import Feed
+from newsletter.feeds import (
     FeedEntry,
     FeedError,
     dedupe,

@@ -6,18 +6,13 @@ import base64
 import binascii
 import random
 import re
-import sys
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.policy import default as default_policy
 from email.utils import parseaddr
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from smtpserver import PERIOD, SECRET, built_project
 
 from newsletter import tokens

@@ -18,29 +18,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from click.testing import CliRunner
-
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE), str(HERE.parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from browser import (  # noqa: E402
+from browser import (
     ARTIFACTS,
-    NOW,
     WAIT_MS,
     chromium,
-    copy_project,
     frame_text,
     running_preview,
 )
+from click.testing import CliRunner
+from conftest import NOW, REPO, copy_project
 
-from newsletter.build import build  # noqa: E402
-from newsletter.cli import cli  # noqa: E402
-from newsletter.dates import Period  # noqa: E402
-from newsletter.errors import NewsletterError  # noqa: E402
-from newsletter.preview import LivePreview, PreviewServer, message_headers  # noqa: E402
-from newsletter.project import Project  # noqa: E402
+from newsletter.build import build
+from newsletter.cli import cli
+from newsletter.dates import Period
+from newsletter.errors import NewsletterError
+from newsletter.preview import LivePreview, PreviewServer, message_headers
+from newsletter.project import Project
 
 KIND_FOLDERS = {
     "milestone": "milestones",
@@ -447,7 +440,7 @@ def test_another_host_prints_a_warning(project: Project) -> None:
 
 
 def test_the_command_serves_until_interrupted(project: Project) -> None:
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [
             sys.executable,

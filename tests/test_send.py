@@ -7,16 +7,12 @@ import pty
 import sqlite3
 import ssl
 import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from conftest import console_script, run_script
 from smtpserver import (
     FAST_RETRIES,

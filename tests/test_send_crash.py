@@ -16,9 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from smtpserver import PERIOD, SmtpServer, built_project
 
 SUBSCRIBERS = 2000

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import socket
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -14,9 +13,6 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from conftest import run_script
 from smtpserver import PERIOD, SECRET, SmtpServer, built_project
 
