@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 from newsletter.actions import ACTIONS, Sender
 from newsletter.config import Config, load_config
@@ -34,10 +35,10 @@ class Clock(Protocol):
 
 @dataclass
 class SystemClock:
-    config_tz: object
+    tz: ZoneInfo
 
     def now(self) -> datetime:
-        return datetime.now(self.config_tz)  # type: ignore[arg-type]
+        return datetime.now(self.tz)
 
 
 @dataclass
@@ -65,7 +66,9 @@ class ManualClock:
 
 
 def send_with_ledger(project: Project, issue_id: str) -> str:
-    from newsletter.send import send_issue
+    """The watcher's sender: `newsletter send ISSUE` with the delivery ledger. An incomplete
+    send raises, so the action is retried later (the ledger skips who already has it)."""
+    from newsletter.send import send_issue  # SMTP machinery only when something is sent
 
     report = send_issue(project, issue_id)
     summary = f"sent {report.sent}, failed {report.failed}, pending {report.remaining}"
@@ -87,6 +90,8 @@ class TickReport:
 
 
 class Watcher:
+    """The event engine of one project: sources, the event log, rules and actions."""
+
     def __init__(
         self,
         project: Project,
