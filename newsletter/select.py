@@ -118,13 +118,13 @@ def select_issue(
     rules = config.selection
     today = now.astimezone(tz).date()
     candidates = {
-        "milestones": lambda: milestones_in(content.milestones, period),
+        "milestones": lambda: milestones_in(content.milestones, period, today),
         "history": lambda: anniversaries(content.milestones, period, rules.history_min_years),
         "calls": lambda: calls_as_of(
             content.calls, now, rules.calls_opening_within_days, rules.closing_soon_days
         ),
         "projects": lambda: featured_projects(content.projects),
-        "news": lambda: news_for(content.news, entries, period, tz, already_sent),
+        "news": lambda: news_for(content.news, entries, period, tz, already_sent, today),
         "events": lambda: upcoming_events(content.events, today, rules.events_within_days),
         "contacts": lambda: contacts(content.contacts),
     }
@@ -140,9 +140,14 @@ def select_issue(
     return Selection(period, now, sections, warnings)
 
 
-def milestones_in(milestones: list[Milestone], period: Period) -> list[Milestone]:
-    """Milestones dated within the period (a year-only date belongs to no month)."""
-    found = [m for m in milestones if m.date.year == period.year and m.date.month == period.month]
+def milestones_in(milestones: list[Milestone], period: Period, today: date) -> list[Milestone]:
+    """Milestones of the period that have happened by `today` (a draft built mid-month does
+    not announce the 16th on the 3rd; a year-only date belongs to no month)."""
+    found = [
+        m
+        for m in milestones
+        if m.date.year == period.year and m.date.month == period.month and m.date.first_day <= today
+    ]
     return sorted(found, key=lambda m: (m.date, m.id))
 
 
@@ -187,20 +192,22 @@ def news_for(
     period: Period,
     tz: ZoneInfo,
     already_sent: frozenset[str],
+    today: date,
 ) -> list[NewsStory]:
-    """News published in the period (in the project's time zone), newest first, none repeated."""
+    """News published in the period up to `today` (in the project's time zone), newest first,
+    none repeated from an earlier issue."""
     stories = [
         NewsStory(
             f"item:{item.id}", item.title, item.url, item.date, "", item=item, text=item.summary
         )
         for item in items
-        if period.contains(item.date)
+        if period.contains(item.date) and item.date <= today
     ]
     for entry in entries:
         if entry.published is None:
             continue
         day = entry.published.astimezone(tz).date()
-        if period.contains(day):
+        if period.contains(day) and day <= today:
             stories.append(
                 NewsStory(entry.key, entry.title, entry.link, day, entry.source, entry=entry)
             )

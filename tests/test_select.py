@@ -54,10 +54,22 @@ def test_milestones_dated_in_the_period_only() -> None:
             milestone("c", "2026"),
             milestone("d", "2026-12-01"),
             milestone("e", "2025-11-10"),
+            milestone("later", "2026-11-26"),
         ],
         NOVEMBER,
+        date(2026, 11, 25),
     )
     assert [m.id for m in found] == ["b", "a"]  # month-only sorts before its days
+
+
+def test_a_draft_mid_month_has_nothing_from_later_in_the_month() -> None:
+    items = [
+        NewsItem(id="early", title="E", date="2026-11-04"),
+        NewsItem(id="later", title="L", date="2026-11-27"),
+    ]
+    entries = [entry("guid:future", datetime(2026, 11, 28, 8, 0, tzinfo=UTC))]
+    found = news_for(items, entries, NOVEMBER, BRUSSELS, frozenset(), date(2026, 11, 25))
+    assert [s.key for s in found] == ["item:early"]
 
 
 def test_this_month_in_history_counts_years() -> None:
@@ -132,7 +144,9 @@ def test_news_in_period_newest_first_never_repeated() -> None:
         entry("guid:sent", datetime(2026, 11, 13, 8, 0, tzinfo=UTC)),
         entry("guid:undated", None),
     ]
-    found = news_for(items, entries, NOVEMBER, BRUSSELS, frozenset({"guid:sent"}))
+    found = news_for(
+        items, entries, NOVEMBER, BRUSSELS, frozenset({"guid:sent"}), date(2026, 11, 30)
+    )
     assert [s.key for s in found] == ["guid:fresh", "item:mine"]
 
 
