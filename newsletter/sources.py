@@ -38,6 +38,9 @@ class Polled:
 
     events: list[Event] = field(default_factory=list)
     marks: dict[str, str] = field(default_factory=dict)
+    baseline: bool = False
+    """The events are what was already there when the watcher first looked: recorded as seen,
+    not acted on (a new watcher does not replay history)."""
 
 
 class Source(Protocol):
@@ -137,7 +140,7 @@ class FeedSource:
             for entry in result.entries
             if f"{FEED_ENTRY_NEW}:{entry.key}" not in seen
         ]
-        return Polled(events, {"feeds_polled": now.isoformat()})
+        return Polled(events, {"feeds_polled": now.isoformat()}, baseline=last is None)
 
 
 class TimelineSource:

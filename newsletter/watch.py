@@ -139,7 +139,7 @@ class Watcher:
         with self.log.transaction():
             for found in polled:
                 for event in found.events:
-                    if self.log.record(event, now):
+                    if self.log.record(event, now) and not found.baseline:
                         new_events.append(event)
                         dispatcher.dispatch(event)
             for listener in listeners:
