@@ -401,9 +401,10 @@ class Progress:
 @dataclass
 class SendReport:
     """What a run did. `skipped`: handled by an earlier run; `remaining`: not reached (--limit,
-    or the run stopped); `resent`: messages in flight when an earlier run died, sent again;
-    `interrupted`: stopped by Ctrl-C; `in_doubt`: messages still in flight when an interrupted
-    run gave up waiting for them (their rows say `sending`; the next run sends them again)."""
+    or the run stopped; in a dry run, everyone due, since nothing was sent); `resent`: messages
+    in flight when an earlier run died, sent again; `interrupted`: stopped by Ctrl-C;
+    `in_doubt`: messages still in flight when an interrupted run gave up waiting for them (their
+    rows say `sending`; the next run sends them again)."""
 
     period: str
     languages: list[str]
@@ -894,7 +895,7 @@ def send_issue(
         source = itertools.islice(jobs(), limit)
         if target is None:
             _dry_run(source, issues, report)
-            report.remaining = due_total - report.sent
+            report.remaining = due_total  # nothing was sent: a real run still has them all
             return report
 
         mailing_list = stack.enter_context(MailingList(project.state_dir / DB_NAME))
@@ -979,7 +980,7 @@ def _counting_resends(source: Iterator[Job], report: SendReport) -> Iterator[Job
 
 
 def _dry_run(source: Iterator[Job], issues: dict[str, IssueMessages], report: SendReport) -> None:
-    """Build every message that would go out, send none."""
+    """Build every message that would go out, send none (`report.sent` counts those built)."""
     started = time.monotonic()
     for job in source:
         issue = issues[job.language]

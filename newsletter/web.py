@@ -1,9 +1,10 @@
 """`newsletter serve`: the public side of the list as a WSGI app (wsgiref here, or any server).
 
 - `<unsubscribe path>?token=…` GET: a confirmation page with one button (link scanners that
-  fetch every URL in a message must not unsubscribe anyone); POST: unsubscribe, from that
-  button or from a mailbox provider's RFC 8058 one-click request. A forged or altered token is
-  refused with 400.
+  fetch every URL in a message must not unsubscribe anyone), or "already unsubscribed"; POST:
+  unsubscribe, from that button or from a mailbox provider's RFC 8058 one-click request. A
+  forged or altered token is refused with 400. GET without a token (the archive copy's link):
+  how to unsubscribe, with the list's reply address.
 - `<archive path>`: the issues that went out, newest first; `<archive path><period>/<lang>/`:
   the issue as archived (`index.html`, neutral greeting and links).
 
@@ -103,10 +104,12 @@ class WebApp:
     ) -> Iterable[bytes]:
         if method not in ("GET", "HEAD", "POST"):
             return _respond(start_response, "405 Method Not Allowed", b"", [("Allow", "GET, POST")])
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        token = (query.get("token") or [""])[0]
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         if method == "POST":
             _drain(environ)
+        elif "token" not in query:  # a link without a token, such as the archive copy's
+            return self._how_to_unsubscribe(start_response)
+        token = (query.get("token") or [""])[0]
         email = verify(self.secret, self.scope, token) if token else None
         if email is None:
             translator = self._default()
@@ -134,12 +137,34 @@ class WebApp:
                     f"<p>{_e(_('%(email)s will receive no more issues of %(title)s.', email=email, title=title))}</p>"  # noqa: E501
                 )
                 return self._page(start_response, "200 OK", translator, _("Unsubscribe"), body)
+            if subscriber is not None and subscriber.status != "subscribed":
+                body = (
+                    f"<h1>{_e(_('You are already unsubscribed'))}</h1>"
+                    f"<p>{_e(_('%(email)s receives no more issues of %(title)s.', email=email, title=title))}</p>"  # noqa: E501
+                )
+                return self._page(start_response, "200 OK", translator, _("Unsubscribe"), body)
         action = html.escape(f"{self.unsubscribe_path}?token={token}", quote=True)
         body = (
             f"<h1>{_e(_('Unsubscribe'))}</h1>"
             f"<p>{_e(_('Stop sending %(title)s to %(email)s?', title=title, email=email))}</p>"
             f'<form method="post" action="{action}">'
             f"<button type=submit>{_e(_('Unsubscribe'))}</button></form>"
+        )
+        return self._page(start_response, "200 OK", translator, _("Unsubscribe"), body)
+
+    def _how_to_unsubscribe(self, start_response: StartResponse) -> Iterable[bytes]:
+        """The page behind an unsubscribe link without a token (the archive copy of an issue
+        has one: it is not addressed to anyone): how to unsubscribe instead."""
+        translator = self._default()
+        _ = translator.gettext
+        sender = self.config.sender
+        address = self.config.mailing.unsubscribe_mailto or sender.reply_to or sender.email
+        mailto = _e(f"mailto:{address}?subject=unsubscribe")
+        body = (
+            f"<h1>{_e(_('How to unsubscribe'))}</h1>"
+            f"<p>{_e(_('Every issue we email you has an unsubscribe link of its own at the end: use the link in your own copy of the email.'))}</p>"  # noqa: E501
+            f"<p>{_e(_('Or reply to that email, or write to us, and ask us to remove your address:'))} "  # noqa: E501
+            f'<a href="{mailto}">{_e(address)}</a></p>'
         )
         return self._page(start_response, "200 OK", translator, _("Unsubscribe"), body)
 

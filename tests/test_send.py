@@ -203,6 +203,36 @@ def test_dry_run_builds_everything_and_sends_nothing(mailing_project: Project) -
     assert _ledger(mailing_project) == {}
 
 
+def test_the_dry_run_summary_counts_the_due_and_leaves_them_remaining(
+    mailing_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _subscribe(mailing_project, [*_people(3), ("gone@example.org", "Gone", "en")])
+    with MailingList(mailing_project.state_dir / "mailing.sqlite3") as mailing_list:
+        mailing_list.remove("gone@example.org")
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["-C", str(mailing_project.root), "send", *args])
+
+    with SmtpServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        dry = run(PERIOD, "--dry-run")
+        assert dry.exit_code == 0, dry.output
+        assert f"dry run {PERIOD} (en, ja): 3 messages built, " in dry.output
+        assert "skipped 0 (done earlier), remaining 3 (still to send)" in dry.output
+        limited = run(PERIOD, "--dry-run", "--limit", "1")
+        assert ": 1 message built, " in limited.output and "remaining 3 " in limited.output
+        assert server.counts == Counter()
+        done = run(PERIOD, "--lang", "en", "--limit", "1")
+        assert done.exit_code == 0 and "sent 1," in done.output
+        after = run(PERIOD, "--dry-run")
+        assert ": 2 messages built, " in after.output
+        assert "skipped 1 (done earlier), remaining 2 (still to send)" in after.output
+        real = run(PERIOD)
+        assert "sent 2, failed 0, pending 0, skipped 1" in real.output
+    assert sum(server.counts.values()) == 3 and "gone@example.org" not in server.counts
+
+
 def test_test_copy_is_sent_per_language_and_not_recorded(mailing_project: Project) -> None:
     _subscribe(mailing_project, _people(3))
     with SmtpServer() as server:

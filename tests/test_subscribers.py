@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 from pathlib import Path
 
@@ -337,6 +338,20 @@ def test_cli_subscriber_commands(tmp_path: Path, cli_project: Project) -> None:
     result = _run(cli_project, "subscribers", "import", str(path))
     assert result.exit_code == 1
     assert "added 1" in result.output
+    # every count the summary prints is one docs/sending.md explains
+    summary = result.output.splitlines()[0]
+    counts = re.findall(r"([a-z][a-z ]*?) \d+", summary)
+    assert counts == [
+        "added",
+        "updated",
+        "unchanged",
+        "duplicates merged",
+        "kept unsubscribed",
+        "skipped",
+    ]
+    docs = (Path(__file__).parents[1] / "docs" / "sending.md").read_text()
+    for count in counts:
+        assert f"`{count}`" in docs, count
     assert f"error: {path}:3: skipped:" in result.output
     assert "Traceback" not in result.output
 

@@ -4,9 +4,11 @@ refusal of forged tokens, and the archive of sent issues."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,52 @@ def test_forged_or_tampered_tokens_are_refused(site: Project, app: WebApp, metho
         assert "not valid" in page
     assert _status(site, "jane@example.org") == "subscribed"
     assert _status(site, "taro@example.jp") == "subscribed"
+
+
+def test_the_archive_copys_link_without_a_token_explains_how_to_unsubscribe(
+    site: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archived = (site.outbox_dir / PERIOD / "en" / "index.html").read_text()
+    link = re.search(r'href="(https://[^"]*/unsubscribe/[^"]*)"', archived)
+    assert link is not None and "token" not in link[1]
+    reply_to = load_config(site.root).sender.reply_to
+    assert reply_to
+    monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
+    server = serve(site, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = urllib.parse.urlsplit(link[1]).path
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}") as response:
+            assert response.status == 200
+            page = response.read().decode()
+            assert response.headers["Cache-Control"] == "no-store"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "not valid" not in page and "<form" not in page
+    assert "link in your own copy of the email" in page
+    assert f'<a href="mailto:{reply_to}?subject=unsubscribe">{reply_to}</a>' in page
+    assert _status(site, "jane@example.org") == "subscribed"
+
+
+def test_an_empty_or_forged_token_is_still_refused_and_a_post_needs_one(app: WebApp) -> None:
+    assert _call(app, "GET", "/unsubscribe/", "token=")[0] == "400 Bad Request"
+    assert _call(app, "GET", "/unsubscribe/", "token=forged.mac")[0] == "400 Bad Request"
+    assert _call(app, "POST", "/unsubscribe/", "", ONE_CLICK)[0] == "400 Bad Request"
+
+
+def test_a_link_of_an_address_already_unsubscribed_says_so(site: Project, app: WebApp) -> None:
+    token = _token(site, "jane@example.org")
+    with MailingList(site.state_dir / "mailing.sqlite3") as mailing_list:
+        mailing_list.remove("jane@example.org")
+    status, _headers, page = _call(app, "GET", "/unsubscribe/", f"token={token}")
+    assert status == "200 OK"
+    assert "already unsubscribed" in page and "jane@example.org" in page
+    assert "<form" not in page and "Stop sending" not in page
+    again = _call(app, "POST", "/unsubscribe/", f"token={token}", ONE_CLICK)
+    assert again[0] == "200 OK"
+    assert _status(site, "jane@example.org") == "unsubscribed"
 
 
 def test_other_methods_and_paths(app: WebApp) -> None:

@@ -183,10 +183,13 @@ def _print_report(report: SendReport, verbose: bool) -> None:
     if report.dry_run:
         rate = report.sent / report.elapsed if report.elapsed else 0.0
         click.echo(
-            f"dry run {report.period} ({languages}): {report.sent} messages built, {size}, "
+            f"dry run {report.period} ({languages}): {report.sent} "
+            f"message{'' if report.sent == 1 else 's'} built, {size}, "
             f"{rate:,.0f} per second; nothing sent"
         )
-        click.echo(f"skipped {report.skipped} (done earlier), remaining {report.remaining}")
+        click.echo(
+            f"skipped {report.skipped} (done earlier), remaining {report.remaining} (still to send)"
+        )
         return
     click.echo(
         f"{report.period} ({languages}): sent {report.sent}, failed {report.failed}, "
