@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from newsletter.build import build, build_alert
+from newsletter.build import IssueSent, build, build_alert
 from newsletter.config import Config, load_config
 from newsletter.content import load_content
 from newsletter.dates import Period
@@ -171,10 +171,19 @@ class Alert:
 
 
 def _build_period(project: Project, params: dict[str, Any]) -> tuple[str, str]:
-    """Build `params["period"]` as of `params["now"]`; the period and a one-line summary."""
-    result = build(
-        project, period=Period.parse(params["period"]), now=datetime.fromisoformat(params["now"])
-    )
+    """Build `params["period"]` as of `params["now"]`; the period and a one-line summary.
+
+    An issue that has started going out is left as it is: a digest then resumes its send,
+    a draft has nothing to do.
+    """
+    try:
+        result = build(
+            project,
+            period=Period.parse(params["period"]),
+            now=datetime.fromisoformat(params["now"]),
+        )
+    except IssueSent:
+        return params["period"], f"{params['period']} already went out; not rebuilt"
     return str(result.period), (
         f"built {result.period} ({', '.join(i.language for i in result.issues)})"
     )

@@ -28,6 +28,7 @@ from newsletter.outbox import (
     IssueFiles,
     compose_message,
     read_manifest,
+    sent_at,
     write_issue,
 )
 from newsletter.personal import FIELDS as PERSONAL_FIELDS
@@ -42,6 +43,10 @@ from newsletter.render import (
 )
 from newsletter.select import NewsStory, calls_as_of, items_of, select_issue
 from newsletter.state import NewsRecord
+
+
+class IssueSent(NewsletterError):
+    """The issue has gone out to subscribers: rebuilding it would change what they got."""
 
 
 @dataclass
@@ -105,6 +110,7 @@ def build(
     now: datetime | None = None,
     offline: bool = False,
     write: bool = True,
+    force: bool = False,
 ) -> BuildResult:
     """Build one period's issue in each language into `outbox/<period>/<lang>/`.
 
@@ -115,6 +121,15 @@ def build(
     config = inputs.config
     now = now or datetime.now(config.tz)
     period = period or Period.of(now.astimezone(config.tz))
+    went_out = sent_at(project.outbox_dir / str(period))
+    if write and went_out and not force:
+        raise IssueSent(
+            Problem(
+                f"{period} was sent on {went_out}; its outbox stays as subscribers got it "
+                "(build --force rebuilds it anyway)",
+                project.outbox_dir / str(period),
+            )
+        )
     languages = list(languages) or list(config.newsletter.languages)
     unknown = [lang for lang in languages if lang not in config.newsletter.languages]
     if unknown:

@@ -101,6 +101,25 @@ def write_issue(directory: Path, files: IssueFiles) -> None:
     write_atomic(directory / "manifest.json", text.encode())
 
 
+SENT_MARKER = ".sent"
+"""Written into `outbox/<issue>/` when its first real delivery starts: from then on the issue is
+what subscribers got, so builds leave it alone (the archive, and a resumed send, stay true)."""
+
+
+def mark_sent(issue_dir: Path, when: datetime) -> None:
+    marker = issue_dir / SENT_MARKER
+    if not marker.exists():
+        write_atomic(marker, f"{when.isoformat()}\n".encode())
+
+
+def sent_at(issue_dir: Path) -> str | None:
+    """When the issue in `issue_dir` started going out, or None if it never did."""
+    try:
+        return (issue_dir / SENT_MARKER).read_text(encoding="utf-8").strip() or "unknown time"
+    except OSError:
+        return None
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))

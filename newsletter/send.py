@@ -42,6 +42,7 @@ from newsletter.errors import NewsletterError, Problem
 from newsletter.i18n import load_translator
 from newsletter.ledger import Due, Ledger
 from newsletter.messages import IssueMessages, Letterhead, Recipient, is_built, load_issue
+from newsletter.outbox import mark_sent
 from newsletter.project import Project
 from newsletter.render import localized
 from newsletter.subscribers import (
@@ -898,6 +899,7 @@ def send_issue(
             report.remaining = due_total  # nothing was sent: a real run still has them all
             return report
 
+        mark_sent(project.outbox_dir / period, when)  # builds leave a sent issue alone
         mailing_list = stack.enter_context(MailingList(project.state_dir / DB_NAME))
         run = _Run(
             period=period,

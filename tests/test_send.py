@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from conftest import console_script, run_script
 from smtpserver import (
     FAST_RETRIES,
+    NOW,
     PERIOD,
     SECRET,
     Faults,
@@ -741,3 +742,25 @@ def test_the_progress_line_says_count_rate_and_time_left() -> None:
     )
     start = format_progress(Progress(0, 10, 0, 0, 0, 0.0))
     assert start.endswith("0/10 0 msg/s ETA --:--:-- (failed 0, pending 0)")
+
+
+def test_a_sent_issue_is_frozen_against_rebuilds(tmp_path: Path) -> None:
+    """Once subscribers have an issue, a rebuild (draft, preview, a stray build) would make the
+    archive and any resumed send differ from what they got: build refuses unless --force."""
+    project = built_project(tmp_path / "project")
+    with MailingList(project.state_dir / "mailing.sqlite3") as mailing_list:
+        mailing_list.add("ada@example.org", name="Ada", language="en")
+    with SmtpServer() as server:
+        result = run_script("-C", str(project.root), "send", PERIOD, env=server.env())
+        assert result.returncode == 0, result.stderr
+    index = project.outbox_dir / PERIOD / "en" / "index.html"
+    before = index.read_bytes()
+    item = project.content_dir / "calls" / "horizon-cl4-2026-quantum-sensing.md"
+    item.write_text(item.read_text().replace('title: "', 'title: "Changed — ', 1))
+    refused = run_script("-C", str(project.root), "build", "--now", NOW)
+    assert refused.returncode == 1
+    assert f"{PERIOD} was sent on" in refused.stderr and "--force" in refused.stderr
+    assert index.read_bytes() == before
+    forced = run_script("-C", str(project.root), "build", "--now", NOW, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "Changed — " in index.read_text()

@@ -17,13 +17,24 @@ from newsletter.scaffold import init_project
 
 @click.command("build")
 @issue_options("build")
+@click.option("--force", is_flag=True, help="Rebuild an issue even though it has been sent.")
 @click.pass_obj
 def build_command(
-    obj: Context, period: Period | None, languages: tuple[str, ...], now: str | None, offline: bool
+    obj: Context,
+    period: Period | None,
+    languages: tuple[str, ...],
+    now: str | None,
+    offline: bool,
+    force: bool,
 ) -> None:
     """Build the issue into outbox/<period>/<lang>/."""
     result = build(
-        obj.project, period=period, languages=languages, now=obj.now(now), offline=offline
+        obj.project,
+        period=period,
+        languages=languages,
+        now=obj.now(now),
+        offline=offline,
+        force=force,
     )
     _print_summary(obj.project, result, obj.verbose)
 
