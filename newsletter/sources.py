@@ -25,7 +25,7 @@ from newsletter.events import (
 )
 from newsletter.feeds import ingest_feeds
 from newsletter.project import Project
-from newsletter.timeline import timeline
+from newsletter.timeline import LOOKBACK, timeline
 
 
 @dataclass
@@ -179,5 +179,4 @@ class TimelineSource:
         return Polled(events, {"timeline_until": now.isoformat()})
 
 
-LOOKBACK = timedelta(days=1)
 _EPSILON = timedelta(microseconds=1)

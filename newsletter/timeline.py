@@ -24,6 +24,9 @@ from newsletter.events import (
 )
 from newsletter.project import Project
 
+LOOKBACK = timedelta(days=1)
+"""How far behind its last tick a watcher still picks up calendar events it has not seen."""
+
 SOURCE = "timeline"
 
 
@@ -104,7 +107,8 @@ def periods_closed(tz: ZoneInfo, start: datetime, end: datetime) -> Iterable[Eve
 class TimelineRow:
     event: Event
     state: str
-    """"seen" (in the event log), "due" (past, not yet seen by a watcher) or "upcoming"."""
+    """"seen" (in the event log), "due" (its time has come; the next tick of a watcher handles
+    it), "past" (before any watcher was started: nothing will act on it) or "upcoming"."""
 
 
 def project_timeline(
@@ -117,12 +121,23 @@ def project_timeline(
         project.content_dir, config.newsletter.languages, config.newsletter.default_language
     )
     kinds = set(kinds)
+    log_path = project.state_dir / EVENT_LOG_NAME
+    log = EventLog(log_path) if log_path.exists() else None
+    since = log.mark("timeline_since") if log else None
+    # A watcher handles what happens from its first start on; older events are history that
+    # nothing will act on.
+    horizon = datetime.fromisoformat(since) if since else None
     rows: dict[str, TimelineRow] = {}
     for event in timeline(content, config.tz, start, end, config.watch.deadline_leads):
-        rows[event.id] = TimelineRow(event, "due" if event.time <= now else "upcoming")
-    log_path = project.state_dir / EVENT_LOG_NAME
-    if log_path.exists():
-        for event in EventLog(log_path).events(start=start, end=end):
+        if event.time > now:
+            state = "upcoming"
+        elif horizon is not None and event.time > horizon:
+            state = "due"
+        else:
+            state = "past"
+        rows[event.id] = TimelineRow(event, state)
+    if log is not None:
+        for event in log.events(start=start, end=end):
             rows[event.id] = TimelineRow(event, "seen")
     found = [row for row in rows.values() if not kinds or row.event.kind in kinds]
     return sorted(found, key=lambda row: (row.event.time, row.event.id))

@@ -253,7 +253,16 @@ def test_events_lists_the_timeline(project: Project) -> None:
     assert {"id", "kind", "time", "source", "payload", "state"} <= set(rows[0])
     closed = [r for r in rows if r["kind"] == "period.closed"]
     assert [r["payload"]["period"] for r in closed] == ["2026-10", "2026-11", "2026-12"]
-    assert [r["state"] for r in closed] == ["due", "upcoming", "upcoming"]
+    assert [r["state"] for r in closed] == ["past", "upcoming", "upcoming"]  # no watcher yet
+
+
+def test_events_due_are_those_a_running_watcher_will_handle(project: Project) -> None:
+    assert invoke(project, "watch", "--once", "--now", "2026-11-15T09:00:00+01:00").exit_code == 0
+    result = invoke(project, "events", "--now", "2026-11-25T09:00:00+01:00", "--json")
+    states = {row["id"]: row["state"] for row in map(json.loads, result.output.splitlines())}
+    assert states["period.closed:2026-10"] == "past"  # before the watcher started
+    assert states["milestone.reached:2026-11-18-joint-committee-tokyo:2026-11-18"] == "due"
+    assert states["period.closed:2026-11"] == "upcoming"
 
 
 def test_deadline_day_is_counted_in_the_calls_time_zone(project: Project) -> None:
