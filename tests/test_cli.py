@@ -267,3 +267,11 @@ def test_unwritable_outbox_is_named(project: Project) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "outbox/2026-11" in result.stderr
+
+
+def test_project_option_also_after_the_command(project: Project, tmp_path: Path) -> None:
+    result = run_script("build", "-C", str(project.root), "--now", NOW_ISO, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (project.outbox_dir / "2026-11" / "en" / "index.html").is_file()
+    nested = run_script("feeds", "fetch", "-C", str(project.root), cwd=tmp_path)
+    assert nested.returncode == 0 and "EU research news: local" in nested.stdout

@@ -134,11 +134,39 @@ def main() -> None:
     cli(prog_name="newsletter")
 
 
+def _project_here(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    """`newsletter build -C DIR` means what `newsletter -C DIR build` means."""
+    if value is not None:
+        context = ctx.find_object(Context)
+        if context is not None:
+            context.project = Project.at(value)
+
+
+def _accept_project_option(command: click.Command) -> None:
+    """Let every command take -C/--project after its name too, where users often put it."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_project_option(sub)
+        return
+    command.params.append(
+        click.Option(
+            ["-C", "--project"],
+            type=click.Path(file_okay=False, path_type=Path),
+            expose_value=False,
+            is_eager=True,
+            callback=_project_here,
+            help="The newsletter project directory (also accepted before the command).",
+        )
+    )
+
+
 def _register() -> None:
     from newsletter.cli import build, mailing, preview, watch
 
     for module in (build, preview, mailing, watch):
         for command in module.COMMANDS:
+            if command.name != "init":  # its argument is the new project's directory
+                _accept_project_option(command)
             cli.add_command(command)
 
 
