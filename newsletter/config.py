@@ -135,6 +135,8 @@ class Section(_Strict):
     limit: int = Field(default=10, ge=1, le=100)
     title: Localized | None = None
     """Override of the built-in, translated title: one string, or one per language code."""
+    more_url: HttpUrl | None = None
+    """Where readers find the entries the limit left out; default the website."""
 
 
 class Feed(_Strict):

@@ -33,6 +33,8 @@ class ViewSection:
     title: str
     entries: list[Any]
     total: int
+    more_url: str | None = None
+    """Where the entries past the section's limit can be read (`[[sections]] more_url`)."""
 
 
 @dataclass
@@ -104,6 +106,7 @@ def render_issue(
             section_title(config, s.id, translator),
             [_localize(e, language, warnings) for e in s.entries],
             s.total,
+            more_url(config, s.id),
         )
         for s in selection.sections
     ]
@@ -216,6 +219,11 @@ def _render_edition(
     return Rendered(
         language, subject, context["preheader"], html, text, sections, neutral, warnings
     )
+
+
+def more_url(config: Config, section_id: str) -> str:
+    section = next((s for s in config.sections if s.id == section_id), None)
+    return str(section.more_url if section and section.more_url else config.newsletter.website)
 
 
 def section_title(config: Config, section_id: str, translator: Translator) -> str:

@@ -328,3 +328,11 @@ def test_a_story_is_not_repeated_under_another_guid_or_link_form(project: Projec
     build(project, period=Period(2026, 12), now=NOW.replace(month=12, day=3))
     december = (project.outbox_dir / "2026-12" / "en" / "digest.txt").read_text()
     assert "Story second time" not in december
+
+
+def test_entries_past_the_limit_are_linked_where_the_config_says(issue: Path) -> None:
+    html = (issue / "en" / "index.html").read_text(encoding="utf-8")
+    portal = "https://ec.europa.eu/info/funding-tenders/opportunities/portal/screen/opportunities"
+    assert re.search(rf'<a href="{re.escape(portal)}/calls-for-proposals"[^>]*>and 1 more', html)
+    assert re.search(r'<a href="https://digest\.eu-japan-rni\.example\.org/"[^>]*>and 7 more', html)
+    assert "ほか1件" in (issue / "ja" / "digest.txt").read_text(encoding="utf-8")
