@@ -35,7 +35,10 @@ from newsletter.subscribers import DB_NAME, MailingList, effective_language
 from newsletter.tokens import secret_from_env, verify
 
 StartResponse = Callable[..., Any]
-_ISSUE = re.compile(r"^(\d{4}-\d{2})/([a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?)/?(index\.html)?$")
+_ISSUE = re.compile(
+    r"^(\d{4}-\d{2}|alert-\d{4}-\d{2}-\d{2}-\d{1,3}d)"  # a monthly digest or a deadline alert
+    r"/([a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?)/?(index\.html)?$"
+)
 _MAX_BODY = 64 * 1024
 
 _PAGE = """<!doctype html>

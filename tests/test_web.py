@@ -256,3 +256,27 @@ def test_serve_on_a_port_in_use_is_one_clear_error(site: Project) -> None:
     assert result.stderr == (
         f"error: port {port} on 127.0.0.1 is already in use; pick another with --port N\n"
     )
+
+
+def test_a_sent_deadline_alert_is_in_the_archive_where_its_link_points(
+    site: Project, app: WebApp
+) -> None:
+    from datetime import date, datetime
+
+    from newsletter.build import build_alert
+    from newsletter.dates import BRUSSELS
+
+    issue_id, _issues = build_alert(
+        site,
+        call_ids=["horizon-cl4-2026-quantum-sensing"],
+        lead_days=14,
+        day=date(2026, 11, 19),
+        now=datetime(2026, 11, 19, tzinfo=BRUSSELS),
+    )
+    with SmtpServer() as server:
+        send_issue(site, issue_id, languages=["en"], env=server.env())
+        (_sender, _to, data), *_ = server.recorder.messages
+    link = f"/archive/{issue_id}/en/"
+    assert link.encode() in data.replace(b"=\r\n", b"")  # the email's view-in-browser link
+    status, _headers, page = _call(app, "GET", link)
+    assert status == "200 OK" and "Quantum sensing" in page
