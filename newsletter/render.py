@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 
 from newsletter import __version__, personal
 from newsletter.config import Config
@@ -331,4 +330,4 @@ def _template_frame(exc: BaseException) -> tuple[str | None, int | None]:
     return None, None
 
 
-__all__ = ["Markup", "Rendered", "make_environment", "render_issue"]
+__all__ = ["Rendered", "make_environment", "render_alert", "render_issue"]

@@ -172,4 +172,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["NOW_HELP", "Context", "cli", "main", "period_option"]
+__all__ = ["NOW_HELP", "Context", "cli", "issue_options", "main", "period_option"]
